@@ -1,0 +1,43 @@
+"""The Typer application. One module per command; heavy libraries load inside the commands so
+`vesselctl --help` stays instant."""
+
+from __future__ import annotations
+
+import typer
+
+from vesselctl import __version__
+from vesselctl.cli import config as config_cmd
+from vesselctl.cli import env as env_cmd
+
+app = typer.Typer(
+    name="vesselctl",
+    help="Fine-tune, run and measure text-promptable segmentation models on blood-vessel images.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"vesselctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """vesselctl: prepare -> validate -> train -> convert -> predict -> evaluate -> report."""
+
+
+app.command("env")(env_cmd.env)
+app.command("config")(config_cmd.config)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,1 @@
+"""data layer of vesselctl (see ARCHITECTURE in the README)."""

@@ -1,0 +1,1 @@
+"""metrics layer of vesselctl (see ARCHITECTURE in the README)."""

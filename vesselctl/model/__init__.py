@@ -1,0 +1,1 @@
+"""model layer of vesselctl (see ARCHITECTURE in the README)."""

@@ -1,0 +1,1 @@
+"""report layer of vesselctl (see ARCHITECTURE in the README)."""

@@ -1,0 +1,1 @@
+"""stages layer of vesselctl (see ARCHITECTURE in the README)."""

@@ -1,0 +1,1 @@
+"""training layer of vesselctl (see ARCHITECTURE in the README)."""
