@@ -1,0 +1,372 @@
+"""Dataset checks: each looks at one thing and returns ``Problem`` records; bad data never raises.
+
+Every check has an id and a fixed severity (``CHECKS``): an *error* is something that makes
+training or evaluation wrong or impossible (unreadable files, wrong sizes, unknown labels,
+leakage between splits, masks that are not 0/255); a *warning* is something that is legal but
+usually a mistake (self-intersecting or zero-area shapes, points outside the image that will be
+clipped, empty or tiny masks, the same image twice within one split).
+
+A problem names the file (relative to the checked folder), the shape (``shapes[i]``, the index in
+the JSON's ``shapes`` list, counting from 0), what was found, what was expected and the fix.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from vesselctl.data.labelme import LabelmeProblem
+
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True)
+class CheckInfo:
+    """One kind of problem: its id, how serious it is and what it detects."""
+
+    id: str
+    severity: Severity
+    title: str
+
+
+CHECKS: dict[str, CheckInfo] = {
+    c.id: c
+    for c in (
+        CheckInfo("json_unreadable", "error", "annotation file cannot be read or is not JSON"),
+        CheckInfo("json_schema", "error", "annotation lacks a LabelMe field or has a wrong type"),
+        CheckInfo("labelme_warning", "warning", "annotation field that is odd but usable"),
+        CheckInfo("image_missing", "error", "the image an annotation or record names is absent"),
+        CheckInfo("image_outside", "error", "imagePath points outside the dataset folder"),
+        CheckInfo("image_unreadable", "error", "image file is truncated or not an image"),
+        CheckInfo("size_mismatch", "error", "declared image size differs from the real image"),
+        CheckInfo("unknown_label", "error", "shape label is not in the label map"),
+        CheckInfo("unknown_shape_type", "error", "shape_type is not one LabelMe writes"),
+        CheckInfo("point_count", "error", "shape has too few points for its type (e.g. < 3)"),
+        CheckInfo("zero_area", "warning", "shape covers no area (collinear or repeated points)"),
+        CheckInfo("self_intersection", "warning", "polygon crosses itself (shapely)"),
+        CheckInfo("out_of_bounds", "warning", "shape points lie outside the image (clipped)"),
+        CheckInfo("empty_mask", "warning", "image has no vessel pixels"),
+        CheckInfo("tiny_mask", "warning", "image has fewer vessel pixels than the threshold"),
+        CheckInfo("duplicate_image", "warning", "same image content twice within one split"),
+        CheckInfo("split_leakage", "error", "same image content in two different splits"),
+        CheckInfo("mask_missing", "error", "mask file of a prepared image is absent"),
+        CheckInfo("mask_unreadable", "error", "mask file is truncated or not an image"),
+        CheckInfo("mask_not_binary", "error", "mask is not single-channel with values 0/255"),
+        CheckInfo("mask_size_mismatch", "error", "mask and image differ in size"),
+        CheckInfo("checksum_mismatch", "error", "file content differs from the manifest's sha256"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with one file; ``message`` is the line a user reads."""
+
+    file: str
+    check: str
+    found: str
+    expected: str
+    fix: str
+    shape: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.check not in CHECKS:
+            raise ValueError(f"unknown check id {self.check!r}; known: {', '.join(CHECKS)}")
+
+    @property
+    def severity(self) -> Severity:
+        return CHECKS[self.check].severity
+
+    @property
+    def message(self) -> str:
+        return f"{self.file}: {self.found}; expected {self.expected}; fix: {self.fix}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "severity": self.severity, "message": self.message}
+
+
+def _shape_name(index: int, shape_type: str, label: str | None) -> str:
+    label_text = f" '{label}'" if label is not None else ""
+    return f"shapes[{index}] ({shape_type}{label_text})"
+
+
+# The LabelMe parser's problem codes (vesselctl.data.labelme) -> the check they belong to. Codes
+# not listed fall back to json_schema (errors) or labelme_warning (warnings).
+_PARSER_CODES = {
+    "unreadable": "json_unreadable",
+    "bad_json": "json_unreadable",
+    "unknown_shape_type": "unknown_shape_type",
+    "point_count": "point_count",
+    "no_image": "image_missing",
+    "missing_image": "image_missing",
+    "image_path_escapes": "image_outside",
+}
+
+
+def from_parser_problem(problem: LabelmeProblem) -> Problem:
+    """Turn a problem found by the LabelMe parser into a validate ``Problem``."""
+    check = _PARSER_CODES.get(problem.code)
+    if check is None or CHECKS[check].severity != problem.severity:
+        check = "json_schema" if problem.severity == "error" else "labelme_warning"
+    where = f"shapes[{problem.shape_index}]." if problem.shape_index is not None else ""
+    return Problem(
+        problem.file,
+        check,
+        f"{where}{problem.field}: {problem.found}",
+        problem.expected,
+        problem.fix,
+        problem.shape_index,
+    )
+
+
+def check_shape_geometry(
+    file: str,
+    index: int,
+    shape_type: str,
+    label: str | None,
+    points: np.ndarray,
+    image_size: tuple[int, int] | None,
+    bounds_tolerance: float = 0.0,
+) -> list[Problem]:
+    """Geometry checks of one parsed LabelMe shape: zero area, self-crossing, points outside.
+
+    Point counts and shape types are checked by the parser (``vesselctl.data.labelme``); this
+    sees only shapes that passed it. ``points`` is an (N, 2) array of x, y in pixel coordinates;
+    ``image_size`` is (height, width) of the real image (or the declared one when the image
+    cannot be read; None skips the bounds check). A point is inside when 0 <= x <= width and
+    0 <= y <= height, widened by ``bounds_tolerance`` pixels.
+    """
+    name = _shape_name(index, shape_type, label)
+    problems: list[Problem] = []
+    if len(points) == 0:
+        return problems
+    zero_reason = _zero_area_reason(shape_type, points)
+    if zero_reason:
+        problems.append(
+            Problem(
+                file,
+                "zero_area",
+                f"{name} {zero_reason}",
+                "a shape that covers some pixels",
+                "redraw or delete the shape; as it is it adds nothing to the mask",
+                index,
+            )
+        )
+    elif shape_type == "polygon":
+        validity = _polygon_validity(points)
+        if validity is not None:
+            problems.append(
+                Problem(
+                    file,
+                    "self_intersection",
+                    f"{name} is not a simple polygon: {validity}",
+                    "a polygon whose edges do not cross",
+                    "move the crossing points in LabelMe; crossings leave unfilled pockets "
+                    "(for loops, draw the hole as its own shape)",
+                    index,
+                )
+            )
+
+    if image_size is not None:
+        oob = _out_of_bounds(name, points, image_size, bounds_tolerance)
+        if oob:
+            found, fix = oob
+            problems.append(
+                Problem(
+                    file,
+                    "out_of_bounds",
+                    found,
+                    f"points within 0..{image_size[1]} (x) and 0..{image_size[0]} (y)",
+                    fix,
+                    index,
+                )
+            )
+    return problems
+
+
+def _zero_area_reason(shape_type: str, points: np.ndarray) -> str | None:
+    """Why a shape covers nothing, or None. Lines and points have a drawn width, so never zero."""
+    if shape_type in ("polygon", "oriented_rectangle"):
+        x, y = points[:, 0], points[:, 1]
+        area = 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+        if area == 0.0:
+            return "has zero area (its points are collinear or repeated)"
+    elif shape_type == "rectangle":
+        (x0, y0), (x1, y1) = points[0], points[1]
+        if x0 == x1 or y0 == y1:
+            return f"has zero {'width' if x0 == x1 else 'height'} (corners {points.tolist()})"
+    elif shape_type == "circle" and np.array_equal(points[0], points[1]):
+        return "has radius 0 (centre and rim point coincide)"
+    return None
+
+
+def _polygon_validity(points: np.ndarray) -> str | None:
+    """shapely's explanation of why a polygon is invalid, or None when it is simple."""
+    from shapely.geometry import Polygon
+    from shapely.validation import explain_validity
+
+    polygon = Polygon(points)
+    if polygon.is_valid:
+        return None
+    return explain_validity(polygon)
+
+
+def _out_of_bounds(
+    name: str, points: np.ndarray, image_size: tuple[int, int], tolerance: float
+) -> tuple[str, str] | None:
+    height, width = image_size
+    x, y = points[:, 0], points[:, 1]
+    dx = np.maximum(np.maximum(-x, x - width), 0.0)
+    dy = np.maximum(np.maximum(-y, y - height), 0.0)
+    distance = np.hypot(dx, dy)
+    outside = distance > tolerance
+    n_out = int(outside.sum())
+    if n_out == 0:
+        return None
+    far = float(distance.max())
+    found = (
+        f"{name} has {n_out} of {len(points)} points outside the {width}x{height} image, "
+        f"up to {far:.1f} px away"
+    )
+    if n_out == len(points):
+        fix = (
+            "every point is outside: the shape was probably drawn on a different image size; "
+            "check imageHeight/imageWidth and the image, or delete the shape"
+        )
+    else:
+        fix = "nothing if intended (points are clipped to the image); otherwise move them inside"
+    return found, fix
+
+
+def check_mask_pixels(file: str, mask_pixels: int, tiny_threshold: int) -> list[Problem]:
+    """Empty and tiny vessel masks (``tiny_threshold`` pixels; 0 turns the tiny check off)."""
+    if mask_pixels == 0:
+        return [
+            Problem(
+                file,
+                "empty_mask",
+                "the mask has no vessel pixels",
+                "at least one vessel pixel",
+                "annotate the vessels, or drop the image; an empty target teaches the model to "
+                "answer with nothing",
+            )
+        ]
+    if mask_pixels < tiny_threshold:
+        return [
+            Problem(
+                file,
+                "tiny_mask",
+                f"the mask has only {mask_pixels} vessel pixels",
+                f"at least {tiny_threshold} (checks.tiny_mask_pixels)",
+                "check the annotation is complete, or lower checks.tiny_mask_pixels",
+            )
+        ]
+    return []
+
+
+def check_mask_values(file: str, mask: np.ndarray) -> list[Problem]:
+    """A prepared mask must be one channel holding only 0 and 255."""
+    if mask.ndim != 2:
+        channels = mask.shape[2] if mask.ndim == 3 else "?"
+        return [
+            Problem(
+                file,
+                "mask_not_binary",
+                f"the mask has {channels} channels (shape {tuple(mask.shape)})",
+                "a single-channel mask",
+                "re-run `vesselctl prepare`, which writes single-channel 0/255 PNG masks",
+            )
+        ]
+    values = np.unique(mask)
+    if set(values.tolist()) <= {0, 255}:
+        return []
+    shown = ", ".join(str(v) for v in values[:8].tolist()) + (", ..." if len(values) > 8 else "")
+    fix = "re-run `vesselctl prepare`, which writes 0/255 masks"
+    if set(values.tolist()) <= {0, 1}:
+        fix = "the mask is 0/1: multiply by 255 or re-run `vesselctl prepare` (0/1 masks train "
+        "silently as almost-empty targets)"
+    return [
+        Problem(
+            file,
+            "mask_not_binary",
+            f"the mask holds values {{{shown}}} ({len(values)} distinct)",
+            "only 0 and 255",
+            fix,
+        )
+    ]
+
+
+@dataclass(frozen=True)
+class HashedImage:
+    """One image's content hash and where it sits: the input to the duplicate check."""
+
+    file: str
+    split: str | None
+    digest: str
+
+
+def find_duplicates(images: Iterable[HashedImage]) -> list[Problem]:
+    """Images with identical pixel content: leakage across splits (error), repeats within one.
+
+    Files without a split (a plain LabelMe folder) count as one split: duplicates there will
+    leak as soon as a split puts the copies on different sides.
+    """
+    groups: dict[str, list[HashedImage]] = defaultdict(list)
+    for image in images:
+        groups[image.digest].append(image)
+    problems: list[Problem] = []
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        group = sorted(group, key=lambda g: g.file)
+        splits = sorted({g.split or "" for g in group})
+        for image in group:
+            others = [g for g in group if g is not image]
+            other_text = ", ".join(
+                f"{g.file}" + (f" ({g.split})" if g.split else "") for g in others[:5]
+            ) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+            if len(splits) > 1:
+                problems.append(
+                    Problem(
+                        image.file,
+                        "split_leakage",
+                        f"the image in split '{image.split}' has the same pixels as {other_text}",
+                        "every image in exactly one split",
+                        "delete the copies from the LabelMe folder, or give them one group "
+                        "(split.group_pattern) and re-run `vesselctl prepare`",
+                    )
+                )
+            else:
+                problems.append(
+                    Problem(
+                        image.file,
+                        "duplicate_image",
+                        f"the image has the same pixels as {other_text}",
+                        "each image once",
+                        "delete the copy; if kept, a split can put the copies on both sides "
+                        "(leakage)",
+                    )
+                )
+    return problems
+
+
+def pixel_digest(image: np.ndarray) -> str:
+    """Hash of decoded pixels (shape and dtype included): a PNG and a TIFF of one image match."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    digest.update(f"{image.shape}|{image.dtype}".encode())
+    digest.update(np.ascontiguousarray(image).tobytes())
+    return digest.hexdigest()
+
+
+def count_by_check(problems: Sequence[Problem]) -> dict[str, int]:
+    """Number of problems per check id, in the order of ``CHECKS``."""
+    counts = {check: 0 for check in CHECKS}
+    for problem in problems:
+        counts[problem.check] += 1
+    return {check: n for check, n in counts.items() if n}
