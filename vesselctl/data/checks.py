@@ -12,14 +12,19 @@ the JSON's ``shapes`` list, counting from 0), what was found, what was expected 
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from vesselctl.data.labelme import LabelmeProblem
+from vesselctl.data.manifest import ManifestRecord
+from vesselctl.data.masks import LabelRoles, RasterOptions
+from vesselctl.errors import DatasetError
+from vesselctl.files import sha256_bytes
 
 Severity = Literal["error", "warning"]
 
@@ -112,11 +117,16 @@ def from_parser_problem(problem: LabelmeProblem) -> Problem:
     check = _PARSER_CODES.get(problem.code)
     if check is None or CHECKS[check].severity != problem.severity:
         check = "json_schema" if problem.severity == "error" else "labelme_warning"
-    where = f"shapes[{problem.shape_index}]." if problem.shape_index is not None else ""
+    if problem.shape_index is not None:
+        where = f"shapes[{problem.shape_index}].{problem.field}: "
+    elif problem.field.startswith("("):  # "(file)", "(top level)": the whole file
+        where = ""
+    else:
+        where = f"{problem.field}: "
     return Problem(
         problem.file,
         check,
-        f"{where}{problem.field}: {problem.found}",
+        f"{where}{problem.found}",
         problem.expected,
         problem.fix,
         problem.shape_index,
@@ -192,8 +202,9 @@ def _zero_area_reason(shape_type: str, points: np.ndarray) -> str | None:
     """Why a shape covers nothing, or None. Lines and points have a drawn width, so never zero."""
     if shape_type in ("polygon", "oriented_rectangle"):
         x, y = points[:, 0], points[:, 1]
-        area = 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
-        if area == 0.0:
+        signed = 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+        # A zero signed area can also be a bow-tie whose lobes cancel: ask shapely then.
+        if signed == 0.0 and _covered_area(points) == 0.0:
             return "has zero area (its points are collinear or repeated)"
     elif shape_type == "rectangle":
         (x0, y0), (x1, y1) = points[0], points[1]
@@ -202,6 +213,14 @@ def _zero_area_reason(shape_type: str, points: np.ndarray) -> str | None:
     elif shape_type == "circle" and np.array_equal(points[0], points[1]):
         return "has radius 0 (centre and rim point coincide)"
     return None
+
+
+def _covered_area(points: np.ndarray) -> float:
+    """Area a possibly self-crossing ring really covers (shapely's make_valid)."""
+    from shapely.geometry import Polygon
+    from shapely.validation import make_valid
+
+    return float(make_valid(Polygon(points)).area)
 
 
 def _polygon_validity(points: np.ndarray) -> str | None:
@@ -370,3 +389,278 @@ def count_by_check(problems: Sequence[Problem]) -> dict[str, int]:
     for problem in problems:
         counts[problem.check] += 1
     return {check: n for check, n in counts.items() if n}
+
+
+def _recorded_sha256(extra: dict[str, Any], which: str) -> str | None:
+    """The sha256 a manifest record gives for its ``image`` or ``mask`` file, if any.
+
+    Accepted layouts: ``"sha256": {"image": ..., "mask": ...}``, ``"<which>_sha256": ...`` and,
+    for the image only, ``"sha256": "<hex>"``.
+    """
+    value = extra.get("sha256")
+    if isinstance(value, dict) and isinstance(value.get(which), str):
+        return value[which]
+    if isinstance(extra.get(f"{which}_sha256"), str):
+        return extra[f"{which}_sha256"]
+    if which == "image" and isinstance(value, str):
+        return value
+    return None
+
+
+def _read_bytes(path: Path) -> tuple[bytes | None, str | None]:
+    try:
+        return path.read_bytes(), None
+    except FileNotFoundError:
+        return None, "missing"
+    except OSError as exc:
+        return None, exc.strerror or type(exc).__name__
+
+
+@dataclass
+class PreparedCheck:
+    """What checking one manifest record found; the arrays stay in the worker process."""
+
+    problems: list[Problem]
+    image: np.ndarray | None
+    mask: np.ndarray | None
+
+
+def check_prepared_record(
+    root: Path, record: ManifestRecord, tiny_mask_pixels: int
+) -> PreparedCheck:
+    """Every per-image check of a prepared dataset record: files, checksums, sizes, mask values.
+
+    Masks are decoded with OpenCV unchanged (not through ``read_image``, which would fold a
+    3-channel or alpha mask into one channel and hide the defect this check is for).
+    """
+    import cv2
+
+    from vesselctl.data.images import decode_image_bytes
+
+    problems: list[Problem] = []
+    image: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    image_name = record.image
+    data, error = _read_bytes(record.image_path(root))
+    if data is None:
+        problems.append(
+            Problem(
+                image_name,
+                "image_missing" if error == "missing" else "image_unreadable",
+                f"manifest record '{record.id}' names this image but it is "
+                + ("absent" if error == "missing" else f"unreadable ({error})"),
+                "the image written by `vesselctl prepare`",
+                "re-run `vesselctl prepare` into a fresh folder",
+            )
+        )
+    else:
+        problems.extend(_checksum(image_name, record, "image", data))
+        try:
+            image = decode_image_bytes(data, image_name, apply_exif=False)
+        except DatasetError as exc:
+            problems.append(
+                Problem(
+                    image_name,
+                    "image_unreadable",
+                    f"cannot decode the image ({exc})",
+                    "a readable PNG",
+                    "re-run `vesselctl prepare` into a fresh folder",
+                )
+            )
+    if image is not None and image.shape[:2] != (record.height, record.width):
+        problems.append(
+            Problem(
+                image_name,
+                "size_mismatch",
+                f"the image is {image.shape[1]}x{image.shape[0]} but manifest.jsonl says "
+                f"{record.width}x{record.height} (record '{record.id}')",
+                "the size recorded in the manifest",
+                "re-run `vesselctl prepare`; do not edit prepared images by hand",
+            )
+        )
+
+    mask_path = record.mask_path(root)
+    mask_name = record.mask or f"(mask of record '{record.id}')"
+    mask_data, mask_error = _read_bytes(mask_path) if mask_path else (None, "missing")
+    if mask_data is None:
+        problems.append(
+            Problem(
+                mask_name,
+                "mask_missing" if mask_error == "missing" else "mask_unreadable",
+                (
+                    f"manifest record '{record.id}' gives no mask"
+                    if mask_path is None
+                    else "the mask file is "
+                    + ("absent" if mask_error == "missing" else f"unreadable ({mask_error})")
+                ),
+                "a mask for every prepared image",
+                "re-run `vesselctl prepare` into a fresh folder",
+            )
+        )
+        return PreparedCheck(problems, image, None)
+    problems.extend(_checksum(mask_name, record, "mask", mask_data))
+    raw_mask = cv2.imdecode(np.frombuffer(mask_data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if raw_mask is None:
+        problems.append(
+            Problem(
+                mask_name,
+                "mask_unreadable",
+                "cannot decode the mask; the file is truncated or not an image",
+                "a single-channel PNG",
+                "re-run `vesselctl prepare` into a fresh folder",
+            )
+        )
+        return PreparedCheck(problems, image, None)
+    value_problems = check_mask_values(mask_name, raw_mask)
+    problems.extend(value_problems)
+    mask = raw_mask if raw_mask.ndim == 2 else raw_mask[..., 0]
+    if image is not None and mask.shape[:2] != image.shape[:2]:
+        problems.append(
+            Problem(
+                mask_name,
+                "mask_size_mismatch",
+                f"the mask is {mask.shape[1]}x{mask.shape[0]} but its image {image_name} is "
+                f"{image.shape[1]}x{image.shape[0]}",
+                "mask and image of the same size",
+                "re-run `vesselctl prepare`; do not resize masks or images by hand",
+            )
+        )
+    problems.extend(check_mask_pixels(mask_name, int(np.count_nonzero(mask)), tiny_mask_pixels))
+    return PreparedCheck(problems, image, mask)
+
+
+def _checksum(name: str, record: ManifestRecord, which: str, data: bytes) -> list[Problem]:
+    recorded = _recorded_sha256(record.extra, which)
+    if recorded is None:
+        return []
+    actual = sha256_bytes(data)
+    if actual == recorded.lower():
+        return []
+    return [
+        Problem(
+            name,
+            "checksum_mismatch",
+            f"sha256 {actual[:12]}... differs from manifest.jsonl's {recorded[:12]}... "
+            f"(record '{record.id}')",
+            "the file exactly as `vesselctl prepare` wrote it",
+            "the file was changed after prepare: re-run `vesselctl prepare` into a fresh folder",
+        )
+    ]
+
+
+@dataclass
+class LabelmeCheck:
+    """What checking one LabelMe file found; the arrays stay in the worker process."""
+
+    problems: list[Problem]
+    image: np.ndarray | None
+    mask: np.ndarray | None
+    shapes_by_type: dict[str, int]
+    shapes_by_label: dict[str, int]
+
+
+def check_labelme_file(
+    root: Path,
+    relative: str,
+    roles: LabelRoles,
+    options: RasterOptions,
+    tiny_mask_pixels: int = 0,
+    bounds_tolerance: float = 0.0,
+) -> LabelmeCheck:
+    """Every per-file check of one LabelMe annotation, using the same parser and rasteriser as
+    prepare: JSON and schema, the image (found, inside the folder, readable, declared size),
+    labels against the label map, shape geometry, and the rasterised mask (empty or tiny)."""
+    from vesselctl.data.images import decode_image_bytes
+    from vesselctl.data.labelme import decode_mask_shape, parse_labelme, resolve_image_source
+    from vesselctl.data.masks import rasterize_shapes
+
+    document, parser_problems = parse_labelme(Path(root) / relative, relative)
+    problems = [from_parser_problem(p) for p in parser_problems]
+    if document is None:
+        return LabelmeCheck(problems, None, None, {}, {})
+    by_type = dict(Counter(s.shape_type for s in document.shapes))
+    by_label = dict(Counter(s.label for s in document.shapes))
+
+    # The image: found without leaving the folder, decodable, and of the declared size.
+    source, source_problems = resolve_image_source(document, [Path(root)], relative)
+    problems += [from_parser_problem(p) for p in source_problems]
+    image: np.ndarray | None = None
+    if source is not None:
+        where = source.path.name if source.path is not None else "imageData"
+        try:
+            image = decode_image_bytes(source.read_bytes(), where)
+        except DatasetError as exc:
+            problems.append(
+                Problem(
+                    relative,
+                    "image_unreadable",
+                    f"the image cannot be read: {exc}",
+                    "a complete PNG, JPEG, TIFF or BMP image",
+                    "re-export the image, or re-save the annotation with its image in LabelMe",
+                )
+            )
+    declared = (document.image_height, document.image_width)
+    if image is not None and None not in declared and declared != image.shape[:2]:
+        problems.append(
+            Problem(
+                relative,
+                "size_mismatch",
+                f"imageHeight/imageWidth say {declared[1]}x{declared[0]} (WxH) but the image is "
+                f"{image.shape[1]}x{image.shape[0]}",
+                "the size the shapes were drawn on",
+                "if the image was resized after annotating, restore the original (prepare "
+                "resizes image and shapes together); else correct imageHeight/imageWidth",
+            )
+        )
+    if image is not None:
+        size: tuple[int, int] | None = (int(image.shape[0]), int(image.shape[1]))
+    elif None not in declared:
+        size = (int(declared[0]), int(declared[1]))  # type: ignore[arg-type]
+    else:
+        size = None
+
+    # Shapes: labels against the label map, then geometry.
+    drawable = []
+    for shape in document.shapes:
+        points = np.asarray(shape.points, dtype=np.float64).reshape(-1, 2)
+        problems += check_shape_geometry(
+            relative, shape.index, shape.shape_type, shape.label, points, size, bounds_tolerance
+        )
+        if roles.role(shape.label) is None:
+            known = sorted(roles.vessel | roles.hole | roles.ignore)
+            problems.append(
+                Problem(
+                    relative,
+                    "unknown_label",
+                    f"{_shape_name(shape.index, shape.shape_type, shape.label)} has a label the "
+                    "label map does not know",
+                    f"one of {', '.join(known)}",
+                    "rename the label in LabelMe, or add it to labels.vessel, labels.hole or "
+                    "labels.ignore",
+                    shape.index,
+                )
+            )
+            continue
+        if shape.shape_type == "mask":
+            try:
+                decode_mask_shape(shape, relative)
+            except DatasetError as exc:
+                problems.append(
+                    Problem(
+                        relative,
+                        "json_schema",
+                        f"shapes[{shape.index}].mask cannot be decoded: {exc}",
+                        "the mask as base64 PNG",
+                        "redraw the mask in LabelMe",
+                        shape.index,
+                    )
+                )
+                continue
+        drawable.append(shape)
+
+    # The mask as prepare would draw it (at the image's own size, no resizing).
+    mask: np.ndarray | None = None
+    if size is not None:
+        mask = rasterize_shapes(drawable, roles, size[0], size[1], options=options, name=relative)
+        problems += check_mask_pixels(relative, int(np.count_nonzero(mask)), tiny_mask_pixels)
+    return LabelmeCheck(problems, image, mask, by_type, by_label)
