@@ -78,7 +78,11 @@ def _print_summary(result: ValidateResult, show: int) -> None:
 
     from vesselctl.data.checks import CHECKS
 
-    what = "LabelMe files" if result.kind == "labelme" else "prepared images"
+    what = {
+        "labelme": "LabelMe files",
+        "prepared": "prepared images",
+        "mask_folder": "image/mask pairs",
+    }[result.kind]
     console.print(f"validated {result.files} {what} in {result.path} ({result.seconds:.1f} s)")
     if result.by_check:
         table = Table(title="problems by check", title_justify="left")

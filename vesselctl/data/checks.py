@@ -53,7 +53,9 @@ CHECKS: dict[str, CheckInfo] = {
         CheckInfo("unknown_shape_type", "error", "shape_type is not one LabelMe writes"),
         CheckInfo("point_count", "error", "shape has too few points for its type (e.g. < 3)"),
         CheckInfo("zero_area", "warning", "shape covers no area (collinear or repeated points)"),
-        CheckInfo("self_intersection", "warning", "polygon crosses itself (shapely)"),
+        CheckInfo(
+            "self_intersection", "warning", "polygon crosses itself, leaving a pocket unfilled"
+        ),
         CheckInfo("out_of_bounds", "warning", "shape points lie outside the image (clipped)"),
         CheckInfo("empty_mask", "warning", "image has no vessel pixels"),
         CheckInfo("tiny_mask", "warning", "image has fewer vessel pixels than the threshold"),
@@ -139,6 +141,7 @@ def check_shapes_geometry(
     shapes: Sequence[LabelmeShape],
     image_size: tuple[int, int] | None,
     bounds_tolerance: float = 0.0,
+    report_twists: bool = False,
 ) -> list[Problem]:
     """Geometry checks of a file's parsed shapes: zero area, crossing edges, points outside.
 
@@ -182,9 +185,10 @@ def check_shapes_geometry(
         elif shape.shape_type == "polygon":
             crossing_candidates.append(k)
 
-    # Crossing edges (shapely/GEOS, all polygons at once). A ring that only touches itself
-    # ("Ring Self-intersection", e.g. outlines traced from pixel masks) fills the same under the
-    # even-odd rule and is not reported; edges that cross leave unfilled pockets.
+    # Crossing edges (shapely/GEOS, all polygons at once). Reported when they change what is
+    # filled: a region the ring winds around twice is left empty by the even-odd fill. A twist
+    # (figure-eight: lobes meeting where edges cross) fills exactly as drawn and is common in
+    # outlines traced from pixel masks, so it is reported only with ``report_twists``.
     if crossing_candidates:
         import shapely
 
@@ -193,19 +197,23 @@ def check_shapes_geometry(
         select = np.concatenate([np.arange(starts[k], starts[k] + counts[k]) for k in chosen])
         polygons = shapely.polygons(shapely.linearrings(points[select], indices=ring_ids))
         reasons = shapely.is_valid_reason(polygons)
-        for k, reason in zip(chosen.tolist(), reasons.tolist(), strict=True):
+        for k, polygon, reason in zip(chosen.tolist(), polygons, reasons.tolist(), strict=True):
             if not str(reason).startswith("Self-intersection"):
                 continue
+            effect = _crossing_effect(polygon, report_twists)
+            if effect is None:
+                continue
             shape = shapes[k]
+            at = str(reason).partition("[")[2].rstrip("]").replace(" ", ", ")
             findings[k].append(
                 Problem(
                     file,
                     "self_intersection",
                     f"{_shape_name(shape.index, shape.shape_type, shape.label)} has edges that "
-                    f"cross ({reason})",
+                    f"cross near ({at}), {effect}",
                     "a polygon whose edges do not cross",
-                    "move the crossing points in LabelMe; crossings leave unfilled pockets "
-                    "(for loops, draw the gap as its own 'hole' shape)",
+                    "move the crossing points in LabelMe (for loops in a vessel, draw the gap "
+                    "inside as its own 'hole' shape)",
                     shape.index,
                 )
             )
@@ -257,6 +265,25 @@ def _zero_area_reason(shape_type: str, points: np.ndarray, signed_area: float) -
     return None
 
 
+# Pieces or unfilled pockets smaller than this (px^2) are slivers that move no pixel centre.
+_SLIVER_AREA = 0.5
+
+
+def _crossing_effect(polygon: Any, report_twists: bool) -> str | None:
+    """How a self-crossing ring fills differently from what was drawn, or None if negligible."""
+    import shapely
+
+    even_odd = shapely.make_valid(polygon)  # "linework": the pieces the even-odd fill yields
+    pieces = [g for g in getattr(even_odd, "geoms", [even_odd]) if g.area >= _SLIVER_AREA]
+    outline = shapely.make_valid(polygon, method="structure")  # everything inside the outline
+    pocket = float(outline.area - even_odd.area)
+    if pocket >= _SLIVER_AREA:
+        return f"leaving {pocket:.1f} px^2 it winds around twice unfilled"
+    if report_twists and len(pieces) > 1:
+        return f"twisting it into {len(pieces)} lobes (filled as drawn)"
+    return None
+
+
 def _covered_area(points: np.ndarray) -> float:
     """Area a possibly self-crossing ring really covers (shapely's make_valid)."""
     from shapely.geometry import Polygon
@@ -291,33 +318,53 @@ def check_mask_pixels(file: str, mask_pixels: int, tiny_threshold: int) -> list[
     return []
 
 
-def check_mask_values(file: str, mask: np.ndarray) -> list[Problem]:
-    """A prepared mask must be one channel holding only 0 and 255."""
+def check_mask_values(
+    file: str, mask: np.ndarray, rule: Literal["0/255", "binary"] = "0/255"
+) -> list[Problem]:
+    """Mask pixel values. ``0/255``: a prepared mask, one channel holding only 0 and 255.
+    ``binary``: an input mask for prepare, one channel (or identical channels) holding 0 and at
+    most one other value (0/1, 0/255...), as prepare accepts."""
+    fix = (
+        "re-run `vesselctl prepare`, which writes single-channel 0/255 PNG masks"
+        if rule == "0/255"
+        else "re-export the mask as a single-channel PNG without anti-aliasing (0 and 255)"
+    )
+    if mask.ndim == 3 and rule == "binary" and (mask == mask[..., :1]).all():
+        mask = mask[..., 0]
     if mask.ndim != 2:
         channels = mask.shape[2] if mask.ndim == 3 else "?"
         return [
             Problem(
                 file,
                 "mask_not_binary",
-                f"the mask has {channels} channels (shape {tuple(mask.shape)})",
+                f"the mask has {channels} channels (shape {tuple(mask.shape)})"
+                + (" that differ" if rule == "binary" else ""),
                 "a single-channel mask",
-                "re-run `vesselctl prepare`, which writes single-channel 0/255 PNG masks",
+                fix,
             )
         ]
     values = np.unique(mask)
-    if set(values.tolist()) <= {0, 255}:
+    listed = values.tolist()
+    if rule == "0/255":
+        ok = set(listed) <= {0, 255}
+        expected = "only 0 and 255"
+        if set(listed) <= {0, 1}:
+            fix = (
+                "the mask is 0/1: multiply by 255 or re-run `vesselctl prepare` (0/1 masks "
+                "train silently as almost-empty targets)"
+            )
+    else:
+        ok = len(listed) <= 2 and (len(listed) < 2 or listed[0] == 0)
+        expected = "0 and one other value (e.g. 0/255 or 0/1)"
+    if ok:
         return []
-    shown = ", ".join(str(v) for v in values[:8].tolist()) + (", ..." if len(values) > 8 else "")
-    fix = "re-run `vesselctl prepare`, which writes 0/255 masks"
-    if set(values.tolist()) <= {0, 1}:
-        fix = "the mask is 0/1: multiply by 255 or re-run `vesselctl prepare` (0/1 masks train "
-        "silently as almost-empty targets)"
+    shown = ", ".join(str(v) for v in listed[:8]) + (", ..." if len(listed) > 8 else "")
     return [
         Problem(
             file,
             "mask_not_binary",
-            f"the mask holds values {{{shown}}} ({len(values)} distinct)",
-            "only 0 and 255",
+            f"the mask holds values {{{shown}}} ({len(listed)} distinct)",
+            expected,
             fix,
         )
     ]
@@ -396,19 +443,9 @@ def count_by_check(problems: Sequence[Problem]) -> dict[str, int]:
 
 
 def _recorded_sha256(extra: dict[str, Any], which: str) -> str | None:
-    """The sha256 a manifest record gives for its ``image`` or ``mask`` file, if any.
-
-    Accepted layouts: ``"sha256": {"image": ..., "mask": ...}``, ``"<which>_sha256": ...`` and,
-    for the image only, ``"sha256": "<hex>"``.
-    """
-    value = extra.get("sha256")
-    if isinstance(value, dict) and isinstance(value.get(which), str):
-        return value[which]
-    if isinstance(extra.get(f"{which}_sha256"), str):
-        return extra[f"{which}_sha256"]
-    if which == "image" and isinstance(value, str):
-        return value
-    return None
+    """The sha256 prepare recorded for a record's ``image`` or ``mask`` (``sha256_<which>``)."""
+    value = extra.get(f"sha256_{which}")
+    return value if isinstance(value, str) else None
 
 
 def _read_bytes(path: Path) -> tuple[bytes | None, str | None]:
@@ -421,70 +458,110 @@ def _read_bytes(path: Path) -> tuple[bytes | None, str | None]:
 
 
 @dataclass
-class PreparedCheck:
-    """What checking one manifest record found; the arrays stay in the worker process."""
+class PairCheck:
+    """What checking one image and its mask found; the arrays stay in the worker process."""
 
     problems: list[Problem]
     image: np.ndarray | None
     mask: np.ndarray | None
 
 
-def check_prepared_record(
-    root: Path, record: ManifestRecord, tiny_mask_pixels: int
-) -> PreparedCheck:
-    """Every per-image check of a prepared dataset record: files, checksums, sizes, mask values.
+_PREPARED_FIX = "re-run `vesselctl prepare` into a fresh folder"
+_INPUT_FIX = "re-export the file"
 
-    Masks are decoded with OpenCV unchanged (not through ``read_image``, which would fold a
-    3-channel or alpha mask into one channel and hide the defect this check is for).
-    """
+
+def check_prepared_record(root: Path, record: ManifestRecord, tiny_mask_pixels: int) -> PairCheck:
+    """Every per-image check of a prepared dataset record: files, checksums, sizes, mask values
+    (0/255 only), empty and tiny masks."""
+    return _check_pair(
+        record.image,
+        record.image_path(root),
+        record.mask or f"(mask of record '{record.id}')",
+        record.mask_path(root),
+        tiny_mask_pixels,
+        "0/255",
+        record,
+    )
+
+
+def check_mask_pair(
+    root: Path, image_relative: str, mask_relative: str, tiny_mask_pixels: int
+) -> PairCheck:
+    """Every per-image check of an image + mask PNG pair (prepare's other input format): both
+    readable, same size, the mask binary (0 and one other value), not empty or tiny."""
+    return _check_pair(
+        image_relative,
+        Path(root) / image_relative,
+        mask_relative,
+        Path(root) / mask_relative,
+        tiny_mask_pixels,
+        "binary",
+        None,
+    )
+
+
+def _check_pair(
+    image_name: str,
+    image_path: Path,
+    mask_name: str,
+    mask_path: Path | None,
+    tiny_mask_pixels: int,
+    rule: Literal["0/255", "binary"],
+    record: ManifestRecord | None,
+) -> PairCheck:
+    """Shared by prepared records (``record`` given: checksums and recorded sizes too) and input
+    image/mask pairs. Masks are decoded with OpenCV unchanged, not through ``read_image``, which
+    would fold a 3-channel or alpha mask into one channel and hide the defect checked here."""
     import cv2
 
     from vesselctl.data.images import decode_image_bytes
 
+    fix = _PREPARED_FIX if record is not None else _INPUT_FIX
     problems: list[Problem] = []
     image: np.ndarray | None = None
-    mask: np.ndarray | None = None
-    image_name = record.image
-    data, error = _read_bytes(record.image_path(root))
+    data, error = _read_bytes(image_path)
     if data is None:
         problems.append(
             Problem(
                 image_name,
                 "image_missing" if error == "missing" else "image_unreadable",
-                f"manifest record '{record.id}' names this image but it is "
-                + ("absent" if error == "missing" else f"unreadable ({error})"),
-                "the image written by `vesselctl prepare`",
-                "re-run `vesselctl prepare` into a fresh folder",
+                "the image is " + ("absent" if error == "missing" else f"unreadable ({error})"),
+                "the image file" + (f" of manifest record '{record.id}'" if record else ""),
+                fix,
             )
         )
     else:
-        problems.extend(_checksum(image_name, record, "image", data))
+        if record is not None:
+            problems.extend(_checksum(image_name, record, "image", data))
         try:
-            image = decode_image_bytes(data, image_name, apply_exif=False)
+            # Prepared images are already upright: no EXIF turn (prepare applied it).
+            image = decode_image_bytes(data, image_name, apply_exif=record is None)
         except DatasetError as exc:
             problems.append(
                 Problem(
                     image_name,
                     "image_unreadable",
                     f"cannot decode the image ({exc})",
-                    "a readable PNG",
-                    "re-run `vesselctl prepare` into a fresh folder",
+                    "a complete, readable image",
+                    fix,
                 )
             )
-    if image is not None and image.shape[:2] != (record.height, record.width):
+    if (
+        record is not None
+        and image is not None
+        and image.shape[:2] != (record.height, record.width)
+    ):
         problems.append(
             Problem(
                 image_name,
                 "size_mismatch",
-                f"the image is {image.shape[1]}x{image.shape[0]} but manifest.jsonl says "
+                f"the image is {image.shape[1]}x{image.shape[0]} (WxH) but manifest.jsonl says "
                 f"{record.width}x{record.height} (record '{record.id}')",
                 "the size recorded in the manifest",
                 "re-run `vesselctl prepare`; do not edit prepared images by hand",
             )
         )
 
-    mask_path = record.mask_path(root)
-    mask_name = record.mask or f"(mask of record '{record.id}')"
     mask_data, mask_error = _read_bytes(mask_path) if mask_path else (None, "missing")
     if mask_data is None:
         problems.append(
@@ -493,16 +570,17 @@ def check_prepared_record(
                 "mask_missing" if mask_error == "missing" else "mask_unreadable",
                 (
                     f"manifest record '{record.id}' gives no mask"
-                    if mask_path is None
+                    if mask_path is None and record is not None
                     else "the mask file is "
                     + ("absent" if mask_error == "missing" else f"unreadable ({mask_error})")
                 ),
-                "a mask for every prepared image",
-                "re-run `vesselctl prepare` into a fresh folder",
+                f"a mask for the image {image_name}",
+                fix,
             )
         )
-        return PreparedCheck(problems, image, None)
-    problems.extend(_checksum(mask_name, record, "mask", mask_data))
+        return PairCheck(problems, image, None)
+    if record is not None:
+        problems.extend(_checksum(mask_name, record, "mask", mask_data))
     raw_mask = cv2.imdecode(np.frombuffer(mask_data, np.uint8), cv2.IMREAD_UNCHANGED)
     if raw_mask is None:
         problems.append(
@@ -511,26 +589,25 @@ def check_prepared_record(
                 "mask_unreadable",
                 "cannot decode the mask; the file is truncated or not an image",
                 "a single-channel PNG",
-                "re-run `vesselctl prepare` into a fresh folder",
+                fix,
             )
         )
-        return PreparedCheck(problems, image, None)
-    value_problems = check_mask_values(mask_name, raw_mask)
-    problems.extend(value_problems)
+        return PairCheck(problems, image, None)
+    problems.extend(check_mask_values(mask_name, raw_mask, rule))
     mask = raw_mask if raw_mask.ndim == 2 else raw_mask[..., 0]
     if image is not None and mask.shape[:2] != image.shape[:2]:
         problems.append(
             Problem(
                 mask_name,
                 "mask_size_mismatch",
-                f"the mask is {mask.shape[1]}x{mask.shape[0]} but its image {image_name} is "
-                f"{image.shape[1]}x{image.shape[0]}",
+                f"the mask is {mask.shape[1]}x{mask.shape[0]} (WxH) but its image {image_name} "
+                f"is {image.shape[1]}x{image.shape[0]}",
                 "mask and image of the same size",
-                "re-run `vesselctl prepare`; do not resize masks or images by hand",
+                fix if record is None else "re-run `vesselctl prepare`; do not resize by hand",
             )
         )
     problems.extend(check_mask_pixels(mask_name, int(np.count_nonzero(mask)), tiny_mask_pixels))
-    return PreparedCheck(problems, image, mask)
+    return PairCheck(problems, image, mask)
 
 
 def _checksum(name: str, record: ManifestRecord, which: str, data: bytes) -> list[Problem]:
@@ -570,6 +647,7 @@ def check_labelme_file(
     options: RasterOptions,
     tiny_mask_pixels: int = 0,
     bounds_tolerance: float = 0.0,
+    report_twists: bool = False,
 ) -> LabelmeCheck:
     """Every per-file check of one LabelMe annotation, using the same parser and rasteriser as
     prepare: JSON and schema, the image (found, inside the folder, readable, declared size),
@@ -624,7 +702,9 @@ def check_labelme_file(
         size = None
 
     # Shapes: labels against the label map, then geometry.
-    problems += check_shapes_geometry(relative, document.shapes, size, bounds_tolerance)
+    problems += check_shapes_geometry(
+        relative, document.shapes, size, bounds_tolerance, report_twists
+    )
     drawable = []
     for shape in document.shapes:
         if roles.role(shape.label) is None:

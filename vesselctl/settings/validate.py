@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from vesselctl.settings.base import Section
+from vesselctl.settings.prepare import LabelSettings, MaskFolderSettings, RasterSettings
 
 
 class CheckSettings(Section):
@@ -25,6 +26,14 @@ class CheckSettings(Section):
         0.0,
         ge=0.0,
         description="Pixels a shape point may lie outside the image before it is reported.",
+    )
+
+    report_twists: bool = Field(
+        False,
+        description=(
+            "Also warn about polygons that cross themselves without changing the fill "
+            "(figure-eights, common in outlines traced from masks)."
+        ),
     )
 
 
@@ -43,21 +52,6 @@ class StatsSettings(Section):
             "image); a few hundred images give a stable distribution at a fraction of the cost."
         ),
     )
-
-
-class LabelSettings(Section):
-    """Temporary until prepare's label part lands."""
-
-    vessel: list[str] = Field(["vessel"], description="Labels that draw vessel pixels.")
-    hole: list[str] = Field(["hole"], description="Labels that cut holes.")
-    ignore: list[str] = Field([], description="Labels that are skipped.")
-
-
-class RasterSettings(Section):
-    """Temporary until prepare's rasterisation part lands."""
-
-    line_width: float = Field(10.0, description="Line width.")
-    point_radius: float = Field(5.0, description="Point radius.")
 
 
 class ValidateSettings(Section):
@@ -81,8 +75,16 @@ class ValidateSettings(Section):
     workers: int = Field(
         0, ge=0, description="Worker processes for the per-file checks; 0 uses every core."
     )
-    labels: LabelSettings = Field(default_factory=LabelSettings, description="Label map.")
-    raster: RasterSettings = Field(default_factory=RasterSettings, description="Rasterisation.")
+    labels: LabelSettings = Field(
+        default_factory=LabelSettings, description="Label map (the same part prepare uses)."
+    )
+    raster: RasterSettings = Field(
+        default_factory=RasterSettings, description="Rasterising (the same part prepare uses)."
+    )
+    mask_folder: MaskFolderSettings = Field(
+        default_factory=MaskFolderSettings,
+        description="Image + mask folder pairing (the same part prepare uses).",
+    )
     checks: CheckSettings = Field(default_factory=CheckSettings, description="Check thresholds.")
     stats: StatsSettings = Field(default_factory=StatsSettings, description="Dataset statistics.")
 

@@ -28,7 +28,7 @@ from vesselctl.settings.base import write_resolved_settings
 from vesselctl.settings.validate import ValidateSettings
 
 VALIDATION_NAME = "validation.json"
-Kind = Literal["labelme", "prepared"]
+Kind = Literal["labelme", "prepared", "mask_folder"]
 Progress = Callable[[int, int], None]
 
 
@@ -94,20 +94,9 @@ def run(settings: ValidateSettings, progress: Progress | None = None) -> Validat
             f"{root}: not a folder; expected a LabelMe folder or a prepared dataset folder"
         )
 
-    # 1. What is PATH? A prepared dataset has manifest.jsonl; anything else is read as LabelMe.
-    kind: Kind = "prepared" if is_prepared_dataset(root) else "labelme"
-    tasks: list[Any]
-    if kind == "prepared":
-        tasks = read_manifest(root)
-    else:
-        from vesselctl.data.labelme import find_labelme_files
-
-        tasks = [p.relative_to(root).as_posix() for p in find_labelme_files(root)]
-    if not tasks:
-        raise DatasetError(
-            f"{root}: no LabelMe *.json files and no manifest.jsonl found; point validate at "
-            "the annotation folder or at a folder written by `vesselctl prepare`"
-        )
+    # 1. What is PATH? A prepared dataset has manifest.jsonl; a folder with LabelMe JSON is
+    #    annotations; otherwise images with mask PNGs (prepare's other input format).
+    kind, tasks = _find_files(settings, root)
 
     # 2. Per-file checks, spread over processes; results come back in input order.
     outcomes = list(_map_files(settings, kind, tasks, progress))
@@ -146,6 +135,32 @@ def run(settings: ValidateSettings, progress: Progress | None = None) -> Validat
         atomic_write_json(out / "result.json", result.summary())
         result.out_dir = out
     return result
+
+
+def _find_files(settings: ValidateSettings, root: Path) -> tuple[Kind, list[Any]]:
+    """The kind of dataset at ``root`` and one task per file to check, in a stable order."""
+    from vesselctl.data.labelme import find_labelme_files
+    from vesselctl.data.sources import IMAGE_SUFFIXES, find_mask_folder_sources
+
+    if is_prepared_dataset(root):
+        return "prepared", list(read_manifest(root))
+    labelme = find_labelme_files(root)
+    if labelme:
+        return "labelme", [p.relative_to(root).as_posix() for p in labelme]
+    if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in root.rglob("*") if p.is_file()):
+        raise DatasetError(
+            f"{root}: no LabelMe *.json, no manifest.jsonl and no images found; point validate "
+            "at the annotation folder or at a folder written by `vesselctl prepare`"
+        )
+    pairing = settings.mask_folder
+    items = find_mask_folder_sources(
+        root, pairing.images_dir, pairing.masks_dir, pairing.mask_suffix
+    )
+    return "mask_folder", [
+        (item.image.relative_to(root).as_posix(), item.annotation.relative_to(root).as_posix())
+        for item in items
+        if item.image is not None
+    ]
 
 
 def _problem_order(problem: Problem) -> tuple[str, int, int]:
@@ -224,9 +239,19 @@ def _check_one(item: tuple[ValidateSettings, Kind, Any, bool]) -> FileOutcome:
         found = checks.check_prepared_record(root, record, settings.checks.tiny_mask_pixels)
         file, split = record.image, record.split
         problems, image, mask = found.problems, found.image, found.mask
-        by_type = record.extra.get("shape_counts") or {}
-        by_label: dict[str, int] = {}
+        # Shape counts of the source annotation, as prepare recorded them.
+        by_type = _counts(record.extra.get("shape_counts"))
+        by_label = _counts(record.extra.get("label_counts"))
         overlay_name = f"{record.id}.png"
+    elif kind == "mask_folder":
+        image_relative, mask_relative = task
+        pair = checks.check_mask_pair(
+            root, image_relative, mask_relative, settings.checks.tiny_mask_pixels
+        )
+        file, split = image_relative, None
+        problems, image, mask = pair.problems, pair.image, pair.mask
+        by_type, by_label = {}, {}
+        overlay_name = str(Path(image_relative).with_suffix(".png"))
     else:
         file = task
         top = file.split("/", 1)[0] if "/" in file else ""
@@ -238,6 +263,7 @@ def _check_one(item: tuple[ValidateSettings, Kind, Any, bool]) -> FileOutcome:
             _raster_options(settings),
             settings.checks.tiny_mask_pixels,
             settings.checks.bounds_tolerance,
+            settings.checks.report_twists,
         )
         problems, image, mask = labelme.problems, labelme.image, labelme.mask
         by_type, by_label = labelme.shapes_by_type, labelme.shapes_by_label
@@ -251,7 +277,7 @@ def _check_one(item: tuple[ValidateSettings, Kind, Any, bool]) -> FileOutcome:
             image.shape[0],
             image.shape[1],
             usable_mask,
-            by_type if isinstance(by_type, dict) else {},
+            by_type,
             by_label,
             measure_widths=measure_widths,
         )
@@ -261,6 +287,12 @@ def _check_one(item: tuple[ValidateSettings, Kind, Any, bool]) -> FileOutcome:
             overlay = draw_overlay(image, usable_mask)
             atomic_write_bytes(Path(settings.overlays) / overlay_name, encode_png(overlay))
     return FileOutcome(file, split, problems, digest, stats)
+
+
+def _counts(value: Any) -> dict[str, int]:
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): int(v) for k, v in value.items() if isinstance(v, int)}
 
 
 def _label_roles(settings: ValidateSettings) -> LabelRoles:
