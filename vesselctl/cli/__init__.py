@@ -8,6 +8,7 @@ import typer
 from vesselctl import __version__
 from vesselctl.cli import config as config_cmd
 from vesselctl.cli import env as env_cmd
+from vesselctl.cli import prepare as prepare_cmd
 from vesselctl.cli import validate as validate_cmd
 from vesselctl.cli.config import register_stage_settings
 
@@ -38,7 +39,9 @@ def _root(
 
 app.command("env")(env_cmd.env)
 app.command("config")(config_cmd.config)
+app.command("prepare")(prepare_cmd.prepare)
 app.command("validate")(validate_cmd.validate)
+register_stage_settings("prepare", "vesselctl.settings.prepare:PrepareSettings")
 register_stage_settings("validate", "vesselctl.settings.validate:ValidateSettings")
 
 

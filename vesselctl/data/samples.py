@@ -1,0 +1,248 @@
+"""Turning one source (a LabelMe JSON, or an image + mask pair) into an output image and mask.
+
+This is the per-file work of prepare, run in worker processes: read, check, rasterise at the
+output size, resize the image, write both PNGs (atomically) and return what the manifest and
+Sa2VA's annotations.json need. Problems are returned as messages, not raised, so the stage can
+report every bad file at once.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vesselctl.data.images import decode_image_bytes, encode_png, resize_image, to_uint8
+from vesselctl.data.labelme import parse_labelme, resolve_image_source
+from vesselctl.data.masks import (
+    LabelRoles,
+    RasterOptions,
+    keyhole_polygon,
+    mask_to_regions,
+    rasterize_shapes,
+    resample_mask,
+)
+from vesselctl.data.sources import SourceItem
+from vesselctl.errors import DatasetError
+from vesselctl.files import sha256_bytes
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """What every worker needs to process a source; small and picklable."""
+
+    out_dir: Path
+    height: int | None
+    width: int | None
+    roles: LabelRoles
+    raster: RasterOptions
+    png_mode: str
+    allowed_roots: tuple[Path, ...]
+
+
+@dataclass
+class SampleResult:
+    """The outcome for one source: ``errors`` empty means both PNGs were written."""
+
+    id: str
+    relative: str
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    height: int = 0
+    width: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+    polygons: list[list[float]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def write_file_unsynced(path: Path, data: bytes) -> None:
+    """Write through a temp file + rename (never a half-written file under the final name).
+
+    No fsync per file: thousands of small fsyncs dominate prepare's run time on slow disks.
+    The stage flushes everything once (``flush_to_disk``) before writing the manifest, so a
+    manifest on disk implies its images and masks are on disk too.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def flush_to_disk(paths: list[Path]) -> None:
+    """Make written files durable: one sync() where the OS has it, else fsync per file."""
+    if hasattr(os, "sync"):
+        os.sync()
+        return
+    for path in paths:  # pragma: no cover - Windows
+        with open(path, "rb+") as handle:
+            os.fsync(handle.fileno())
+
+
+def image_relpath(item_id: str) -> str:
+    return f"images/{item_id}.png"
+
+
+def mask_relpath(item_id: str) -> str:
+    return f"masks/{item_id}.png"
+
+
+def _output_size(config: SampleConfig, in_h: int, in_w: int) -> tuple[int, int]:
+    if config.height is None or config.width is None:
+        return in_h, in_w
+    return config.height, config.width
+
+
+def _polygons(mask: np.ndarray) -> list[list[float]]:
+    """Flat COCO polygons of the mask, holes joined by zero-width bridges (see masks.py)."""
+    polygons = []
+    for region in mask_to_regions(mask, tolerance=0.2):
+        ring = keyhole_polygon(region)
+        if len(ring) >= 3:
+            polygons.append(np.round(ring, 2).ravel().tolist())
+    return polygons
+
+
+def _write_outputs(
+    result: SampleResult, config: SampleConfig, image: np.ndarray, mask: np.ndarray
+) -> None:
+    image_png = encode_png(image, config.png_mode, "image")
+    mask_png = encode_png(mask.astype(np.uint8) * 255, config.png_mode, "mask")
+    write_file_unsynced(config.out_dir / image_relpath(result.id), image_png)
+    write_file_unsynced(config.out_dir / mask_relpath(result.id), mask_png)
+    result.height, result.width = int(mask.shape[0]), int(mask.shape[1])
+    result.info["sha256_image"] = sha256_bytes(image_png)
+    result.info["sha256_mask"] = sha256_bytes(mask_png)
+    result.info["vessel_fraction"] = round(float(mask.mean()), 6)
+    result.polygons = _polygons(mask)
+    if not mask.any():
+        result.warnings.append(f"{result.relative}: the vessel mask is empty")
+
+
+def _prepare_labelme(item: SourceItem, config: SampleConfig, result: SampleResult) -> None:
+    name = item.relative
+    document, problems = parse_labelme(item.annotation, name)
+    result.errors.extend(p.message() for p in problems if p.severity == "error")
+    result.warnings.extend(p.message() for p in problems if p.severity == "warning")
+    if document is None:
+        return
+    unknown = config.roles.unknown(s.label for s in document.shapes)
+    if unknown:
+        result.errors.append(
+            f"{name}: label(s) {', '.join(repr(u) for u in unknown)} are not in the label map; "
+            "add them to labels.vessel, labels.hole or labels.ignore"
+        )
+    source, source_problems = resolve_image_source(document, config.allowed_roots, name)
+    result.errors.extend(p.message() for p in source_problems if p.severity == "error")
+    result.warnings.extend(p.message() for p in source_problems if p.severity == "warning")
+    if source is None or result.errors:
+        return
+    pixels = decode_image_bytes(source.read_bytes(), name)
+    in_h, in_w = pixels.shape[:2]
+    declared = (document.image_height, document.image_width)
+    if None not in declared and declared != (in_h, in_w):
+        result.errors.append(
+            f"{name}: imageHeight x imageWidth say {declared[0]}x{declared[1]} but the image is "
+            f"{in_h}x{in_w} (after EXIF orientation); the annotation was made on another image: "
+            "re-open and re-save it in LabelMe"
+        )
+        return
+    out_h, out_w = _output_size(config, in_h, in_w)
+    scale_y, scale_x = out_h / in_h, out_w / in_w
+    mask = rasterize_shapes(
+        document.shapes, config.roles, out_h, out_w, scale_y, scale_x, config.raster, name
+    )
+    image = resize_image(to_uint8(pixels), out_h, out_w)
+    result.info.update(
+        {
+            "image_source": "embedded" if source.kind == "embedded" else "file",
+            "orig_height": in_h,
+            "orig_width": in_w,
+            "orig_dtype": str(pixels.dtype),
+            "channels": 1 if pixels.ndim == 2 else 3,
+            "scale_y": scale_y,
+            "scale_x": scale_x,
+            "shape_counts": dict(sorted(Counter(s.shape_type for s in document.shapes).items())),
+            "label_counts": dict(sorted(Counter(s.label for s in document.shapes).items())),
+        }
+    )
+    _write_outputs(result, config, image, mask)
+
+
+def _prepare_mask_pair(item: SourceItem, config: SampleConfig, result: SampleResult) -> None:
+    name = item.relative
+    if item.image is None:  # pragma: no cover - sources always pair an image
+        raise DatasetError(f"{name}: image/mask source without an image")
+    pixels = decode_image_bytes(item.image.read_bytes(), name)
+    mask_name = item.annotation.name
+    raw_mask = decode_image_bytes(item.annotation.read_bytes(), mask_name, apply_exif=False)
+    if raw_mask.ndim == 3:
+        if not (raw_mask == raw_mask[..., :1]).all():
+            result.errors.append(
+                f"{name}: mask {mask_name} is a colour image; expected a single-channel binary "
+                "PNG (0/255 or 0/1)"
+            )
+            return
+        raw_mask = raw_mask[..., 0]
+    values = np.unique(raw_mask)
+    if len(values) > 2 or (len(values) == 2 and values[0] != 0):
+        shown = ", ".join(str(v) for v in values[:6])
+        result.errors.append(
+            f"{name}: mask {mask_name} holds values {shown}{'...' if len(values) > 6 else ''}; "
+            "expected a binary mask (0 and one other value, e.g. 0/255); re-export it as PNG "
+            "without anti-aliasing"
+        )
+        return
+    in_h, in_w = pixels.shape[:2]
+    if raw_mask.shape != (in_h, in_w):
+        result.errors.append(
+            f"{name}: mask {mask_name} is {raw_mask.shape[0]}x{raw_mask.shape[1]} but the image "
+            f"is {in_h}x{in_w}; expected the same size"
+        )
+        return
+    out_h, out_w = _output_size(config, in_h, in_w)
+    mask = resample_mask(raw_mask > 0, out_h, out_w)
+    image = resize_image(to_uint8(pixels), out_h, out_w)
+    result.info.update(
+        {
+            "image_source": "file",
+            "mask_source": item.annotation.name,
+            "orig_height": in_h,
+            "orig_width": in_w,
+            "orig_dtype": str(pixels.dtype),
+            "channels": 1 if pixels.ndim == 2 else 3,
+            "scale_y": out_h / in_h,
+            "scale_x": out_w / in_w,
+            "shape_counts": {},
+            "label_counts": {},
+        }
+    )
+    _write_outputs(result, config, image, mask)
+
+
+def prepare_sample(item: SourceItem, config: SampleConfig) -> SampleResult:
+    """Process one source; a DatasetError from a bad file becomes an entry in ``errors``."""
+    result = SampleResult(id=item.id, relative=item.relative)
+    result.info["source"] = item.relative
+    try:
+        if item.kind == "labelme":
+            _prepare_labelme(item, config, result)
+        else:
+            _prepare_mask_pair(item, config, result)
+    except DatasetError as exc:
+        result.errors.append(str(exc))
+    except OSError as exc:
+        result.errors.append(f"{item.relative}: cannot read ({exc.strerror or exc})")
+    return result
