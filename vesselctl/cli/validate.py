@@ -110,9 +110,15 @@ def _print_summary(result: ValidateResult, show: int) -> None:
     _print_stats(result.stats)
     verdict = "[bold red]FAILED[/]" if result.failed else "[bold green]PASSED[/]"
     strict = " (--strict: warnings fail too)" if result.strict else ""
-    console.print(f"{verdict}: {result.errors} errors, {result.warnings} warnings{strict}")
+    console.print(
+        f"{verdict}: {_count(result.errors, 'error')}, {_count(result.warnings, 'warning')}{strict}"
+    )
     if result.out_dir is not None:
         console.print(f"report: {result.out_dir / 'validation.json'}")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
