@@ -42,9 +42,12 @@ def time_stage(folder: Path, workers: int, widths: bool, width_images: int) -> d
         workers=workers,
         stats={"widths": widths, "width_images": width_images},
     )
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = stage.run(settings)
     seconds = time.perf_counter() - start
+    # CPU time of this process only: meaningful for the in-process (workers=1) run, where it
+    # shows the per-file cost independent of other load on the machine.
+    cpu_ms = (time.process_time() - cpu_start) / result.files * 1000.0
     return {
         "workers": workers or len(os.sched_getaffinity(0)),
         "widths": widths,
@@ -52,13 +55,15 @@ def time_stage(folder: Path, workers: int, widths: bool, width_images: int) -> d
         "files": result.files,
         "seconds": round(seconds, 3),
         "files_per_s": round(result.files / seconds, 1),
+        "cpu_ms_per_file_in_process": round(cpu_ms, 2),
         "errors": result.errors,
         "warnings": result.warnings,
     }
 
 
 def breakdown(folder: Path, sample: int) -> dict[str, float]:
-    """Milliseconds per file on one core for each part of the per-file work."""
+    """CPU milliseconds per file (process time, so other load on the machine matters little)
+    for each part of the per-file work, measured one part at a time on one core."""
     from vesselctl.data.checks import check_shapes_geometry, pixel_digest
     from vesselctl.data.images import read_image
     from vesselctl.data.labelme import find_labelme_files, parse_labelme
@@ -70,9 +75,9 @@ def breakdown(folder: Path, sample: int) -> dict[str, float]:
     parts: dict[str, float] = {}
 
     def timed(name: str, func):
-        start = time.perf_counter()
+        start = time.process_time()
         out = [func(i, path) for i, path in enumerate(files)]
-        parts[name] = (time.perf_counter() - start) / len(files) * 1000.0
+        parts[name] = (time.process_time() - start) / len(files) * 1000.0
         return out
 
     timed("json.loads", lambda i, p: json.loads(p.read_bytes()))
@@ -103,6 +108,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = parser.parse_args()
 
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="vesselctl-bench-") as tmp:
         folder = args.data or Path(tmp) / "labelme"
         generated = None
@@ -115,11 +121,15 @@ def main() -> None:
         ]
         parts = breakdown(folder, args.breakdown)
 
+    load_after = os.getloadavg()
     cores = len(os.sched_getaffinity(0))
+    serial = runs[-1]
+    projected = cores * 1000.0 / serial["cpu_ms_per_file_in_process"]
     print(
         f"validate on {runs[0]['files']} synthetic {args.size}x{args.size} LabelMe files, "
         f"{cores} cores, {platform.processor() or platform.machine()}"
     )
+    print(f"load average before/after (1 min): {load_before[0]:.1f} / {load_after[0]:.1f}")
     print(f"{'workers':>7} {'widths on':>14} {'seconds':>8} {'files/s':>8} {'target':>7}")
     for run in runs:
         widths = "all images" if run["width_images"] == 0 else f"<= {run['width_images']} imgs"
@@ -128,7 +138,11 @@ def main() -> None:
             f"{run['workers']:>7} {widths:>14} {run['seconds']:>8.2f} {run['files_per_s']:>8.1f} "
             f"{ok:>7}"
         )
-    print("one core, ms per file:")
+    print(
+        f"in-process CPU per file {serial['cpu_ms_per_file_in_process']:.1f} ms -> at most "
+        f"{projected:.0f} files/s on {cores} idle cores"
+    )
+    print("one core, CPU ms per file:")
     for name, value in parts.items():
         print(f"  {name:<28} {value:>9.2f}")
     report = {
@@ -139,6 +153,8 @@ def main() -> None:
         "machine": platform.platform(),
         "generated_seconds": generated,
         "target_files_per_s": TARGET_FILES_PER_S,
+        "load_average_before_after": [load_before[0], load_after[0]],
+        "projected_files_per_s_idle": round(projected, 1),
         "runs": runs,
         "breakdown_ms_per_file": parts,
     }

@@ -185,8 +185,8 @@ def check_shapes_geometry(
         elif shape.shape_type == "polygon":
             crossing_candidates.append(k)
 
-    # Crossing edges (shapely/GEOS, all polygons at once). Reported when they change what is
-    # filled: a region the ring winds around twice is left empty by the even-odd fill. A twist
+    # Crossing edges (shapely/GEOS finds them, all polygons at once). Reported when they change
+    # the mask: pixels the ring winds around twice are left empty by the even-odd fill. A twist
     # (figure-eight: lobes meeting where edges cross) fills exactly as drawn and is common in
     # outlines traced from pixel masks, so it is reported only with ``report_twists``.
     if crossing_candidates:
@@ -200,8 +200,13 @@ def check_shapes_geometry(
         for k, polygon, reason in zip(chosen.tolist(), polygons, reasons.tolist(), strict=True):
             if not str(reason).startswith("Self-intersection"):
                 continue
-            effect = _crossing_effect(polygon, report_twists)
-            if effect is None:
+            ring = points[starts[k] : starts[k] + counts[k]]
+            pocket = _pocket_pixels(ring, image_size)
+            if pocket:
+                effect = f"leaving {pocket} pixels it winds around twice unfilled"
+            elif report_twists:
+                effect = _twist_effect(polygon)
+            else:
                 continue
             shape = shapes[k]
             at = str(reason).partition("[")[2].rstrip("]").replace(" ", ", ")
@@ -265,23 +270,56 @@ def _zero_area_reason(shape_type: str, points: np.ndarray, signed_area: float) -
     return None
 
 
-# Pieces or unfilled pockets smaller than this (px^2) are slivers that move no pixel centre.
+def _pocket_pixels(ring: np.ndarray, image_size: tuple[int, int] | None) -> int:
+    """Pixels (centres inside the image) that ``ring`` winds around an even, non-zero number of
+    times: inside the outline, yet left empty by the even-odd fill the rasteriser uses.
+
+    Scanline over pixel-centre rows with the rasteriser's half-open edge rule; the winding
+    number between crossings is the running sum of edge directions. Vectorised, so it costs
+    about as much as rasterising the shape (shapely's make_valid took ~8 ms per outline).
+    """
+    x0, y0 = ring[:, 0], ring[:, 1]
+    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    if image_size is None:
+        top, height = int(np.floor(min(y0.min(), 0.0))), int(np.ceil(y0.max())) + 1
+        left, width = int(np.floor(min(x0.min(), 0.0))), int(np.ceil(x0.max())) + 1
+    else:
+        (height, width), top, left = image_size, 0, 0
+    low, high = np.minimum(y0, y1), np.maximum(y0, y1)
+    first = np.clip(np.ceil(low - 0.5), top, height).astype(np.int64)
+    last = np.clip(np.ceil(high - 0.5), top, height).astype(np.int64)
+    n = last - first
+    keep = n > 0
+    if not keep.any():
+        return 0
+    x0, y0, x1, y1, first, n = x0[keep], y0[keep], x1[keep], y1[keep], first[keep], n[keep]
+    edge = np.repeat(np.arange(len(n)), n)
+    rows = first[edge] + (np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n))
+    xs = x0[edge] + (rows + 0.5 - y0[edge]) * ((x1 - x0) / (y1 - y0))[edge]
+    direction = np.where(y1 > y0, 1, -1)[edge]
+    order = np.lexsort((xs, rows))
+    rows, xs, direction = rows[order], xs[order], direction[order]
+    winding = np.cumsum(direction)  # rows close (sum to 0), so no reset per row is needed
+    same_row = rows[:-1] == rows[1:]
+    pocket = same_row & (winding[:-1] != 0) & (winding[:-1] % 2 == 0)
+    if not pocket.any():
+        return 0
+    lo = np.clip(np.ceil(xs[:-1][pocket] - 0.5), left, width)
+    hi = np.clip(np.ceil(xs[1:][pocket] - 0.5), left, width)
+    return int(np.maximum(hi - lo, 0).sum())
+
+
+# Lobes smaller than this (px^2) are slivers that move no pixel centre.
 _SLIVER_AREA = 0.5
 
 
-def _crossing_effect(polygon: Any, report_twists: bool) -> str | None:
-    """How a self-crossing ring fills differently from what was drawn, or None if negligible."""
+def _twist_effect(polygon: Any) -> str | None:
+    """How many lobes a self-crossing outline falls into (only when twists are reported)."""
     import shapely
 
-    even_odd = shapely.make_valid(polygon)  # "linework": the pieces the even-odd fill yields
-    pieces = [g for g in getattr(even_odd, "geoms", [even_odd]) if g.area >= _SLIVER_AREA]
-    outline = shapely.make_valid(polygon, method="structure")  # everything inside the outline
-    pocket = float(outline.area - even_odd.area)
-    if pocket >= _SLIVER_AREA:
-        return f"leaving {pocket:.1f} px^2 it winds around twice unfilled"
-    if report_twists and len(pieces) > 1:
-        return f"twisting it into {len(pieces)} lobes (filled as drawn)"
-    return None
+    pieces = shapely.make_valid(polygon)
+    lobes = [g for g in getattr(pieces, "geoms", [pieces]) if g.area >= _SLIVER_AREA]
+    return f"twisting it into {len(lobes)} lobes (filled as drawn)" if len(lobes) > 1 else None
 
 
 def _covered_area(points: np.ndarray) -> float:
