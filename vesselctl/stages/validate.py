@@ -215,10 +215,11 @@ def _map_files(
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    # forkserver: workers start from a clean server process that has imported this module once
-    # (fast like fork, but safe with OpenCV's threads in the parent).
+    # forkserver: workers fork from a clean server process that imported the heavy modules
+    # once (about half of spawn's start-up, and safe where fork is not: the parent may run a
+    # progress-bar thread and OpenCV's thread pool).
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
+    context.set_forkserver_preload([__name__, "cv2", "shapely", "skimage.morphology"])
     chunksize = max(1, min(32, total // (workers * 8)))
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         for done, outcome in enumerate(pool.map(_check_one, items, chunksize=chunksize), 1):
