@@ -95,6 +95,7 @@ def find_mask_folder_sources(
     """Image/mask pairs under ``root``; an image without a mask (or a mask alone) is an error."""
     root = Path(root)
     pairs: list[tuple[str, Path, Path]] = []
+    id_bases: list[str] = []  # ids come from the path inside images/ (no "images__" prefix)
     problems: list[str] = []
     if (root / images_dir).is_dir() and (root / masks_dir).is_dir():
         image_root, mask_root = root / images_dir, root / masks_dir
@@ -115,6 +116,7 @@ def find_mask_folder_sources(
                 continue
             used.add(key)
             pairs.append((_relative(image, root), image, mask))
+            id_bases.append(_relative(image, image_root))
         problems.extend(
             f"{_relative(masks[key], root)}: mask without an image in {images_dir}/; "
             "add the image or remove the mask"
@@ -132,6 +134,7 @@ def find_mask_folder_sources(
                 )
                 continue
             pairs.append((_relative(image, root), image, mask))
+            id_bases.append(_relative(image, root))
     if problems:
         raise DatasetError(
             f"{root}: {len(problems)} image/mask pairing problem(s): " + "; ".join(problems[:20])
@@ -141,10 +144,9 @@ def find_mask_folder_sources(
             f"{root}: no image/mask pairs found; expected {images_dir}/ + {masks_dir}/ with the "
             f"same stems, or <stem>.png beside <stem>{mask_suffix}.png"
         )
-    relatives = [rel for rel, _, _ in pairs]
     return [
         SourceItem(item_id, "mask_folder", rel, mask, image)
-        for item_id, (rel, image, mask) in zip(make_ids(relatives), pairs, strict=True)
+        for item_id, (rel, image, mask) in zip(make_ids(id_bases), pairs, strict=True)
     ]
 
 

@@ -102,6 +102,7 @@ class PrepareResult:
     skipped: list[str]
     warnings: int
     split_source: str
+    split_history: dict[str, Any]
     elapsed_s: float
     images_per_s: float
     report: dict[str, Any] = field(repr=False, default_factory=dict)
@@ -370,6 +371,13 @@ def run(settings: PrepareSettings) -> PrepareResult:
         source=split_source,
     )
 
+    split_history = {
+        "source": plan.source,
+        "reused": plan.reused,
+        "added": plan.added if previous else [],
+        "removed_since_previous": plan.removed,
+    }
+
     # Records: required manifest keys plus everything a later stage or a person may need.
     prompt = settings.prompt
     question = prompt.question.replace("{phrase}", prompt.phrase)
@@ -422,15 +430,11 @@ def run(settings: PrepareSettings) -> PrepareResult:
         "shape_counts": _sum_counts([r.info["shape_counts"] for r in good]),
         "label_counts": _sum_counts([r.info["label_counts"] for r in good]),
         "split": {
-            "source": plan.source,
             "seed": split.seed,
             "val": split.val,
             "test": split.test,
             "group_pattern": split.group_pattern,
             "groups": len(set(plan.groups.values())),
-            "reused": plan.reused,
-            "added": plan.added if previous else [],
-            "removed_since_previous": plan.removed,
         },
         "sa2va": {
             "data_root": ".",
@@ -456,7 +460,13 @@ def run(settings: PrepareSettings) -> PrepareResult:
     elapsed = time.perf_counter() - started
     atomic_write_json(
         out_dir / RUN_INFO_NAME,
-        {**run_provenance(), "elapsed_s": round(elapsed, 3), "workers": workers},
+        {
+            **run_provenance(),
+            "elapsed_s": round(elapsed, 3),
+            "workers": workers,
+            # Run history, not data: kept out of the other files so re-runs are byte-identical.
+            "split_history": split_history,
+        },
     )
     # Completion markers last, after every image and mask is on disk.
     flush_to_disk([out_dir / p for r in good for p in (image_relpath(r.id), mask_relpath(r.id))])
@@ -480,6 +490,7 @@ def run(settings: PrepareSettings) -> PrepareResult:
         skipped=[r.relative for r in bad],
         warnings=len(warnings),
         split_source=plan.source,
+        split_history=split_history,
         elapsed_s=elapsed,
         images_per_s=len(results) / elapsed if elapsed > 0 else 0.0,
         report=report,

@@ -1,0 +1,87 @@
+"""Image decoding (EXIF, 16-bit, alpha), resizing and lossless PNG encoding."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vesselctl.data.images import decode_image_bytes, encode_png, resize_image, to_uint8
+from vesselctl.errors import DatasetError
+
+
+def _save(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def test_exif_orientation_is_applied_like_labelme():
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, :20] = 255  # left half white
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise for display
+    data = _save(image, "JPEG", exif=exif.tobytes(), quality=95)
+    decoded = decode_image_bytes(data, "x.jpg")
+    assert decoded.shape == (40, 20, 3)
+    assert decoded[:20].mean() > 200 and decoded[20:].mean() < 50  # white half now on top
+    raw = decode_image_bytes(data, "x.jpg", apply_exif=False)
+    assert raw.shape == (20, 40, 3)
+
+
+def test_sixteen_bit_gray_png_keeps_depth_and_scales_to_uint8():
+    pixels = np.array([[0, 257, 65535], [1000, 30000, 65280]], np.uint16)
+    decoded = decode_image_bytes(encode_png(pixels), "x.png")
+    assert decoded.dtype == np.uint16 and (decoded == pixels).all()
+    assert to_uint8(decoded).tolist() == [[0, 1, 255], [4, 117, 254]]
+
+
+def test_rgba_and_palette_become_rgb_and_gray_stays_gray():
+    rgba = np.zeros((3, 3, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[..., 3] = 10
+    decoded = decode_image_bytes(encode_png(rgba[..., :3]), "x.png")
+    assert decoded.shape == (3, 3, 3) and decoded[0, 0].tolist() == [200, 0, 0]
+    from_pil = decode_image_bytes(_save(Image.fromarray(rgba, "RGBA"), "PNG"), "y.png")
+    assert from_pil.shape == (3, 3, 3) and from_pil[0, 0, 0] == 200
+    palette = Image.fromarray(np.zeros((3, 3), np.uint8)).convert("P")
+    assert decode_image_bytes(_save(palette, "GIF"), "z.gif").shape == (3, 3, 3)
+    gray = decode_image_bytes(encode_png(np.full((3, 3), 9, np.uint8)), "g.png")
+    assert gray.shape == (3, 3)
+
+
+@pytest.mark.parametrize("data", [b"", b"\x89PNG\r\n\x1a\n" + b"\x00" * 20, b"not an image"])
+def test_unreadable_images_raise_a_dataset_error_naming_the_file(data):
+    with pytest.raises(DatasetError, match=r"broken.png"):
+        decode_image_bytes(data, "broken.png")
+
+
+def test_truncated_png_is_an_error():
+    data = encode_png(np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8))
+    with pytest.raises(DatasetError, match=r"cut.png"):
+        decode_image_bytes(data[: len(data) // 2], "cut.png")
+
+
+@pytest.mark.parametrize("mode", ["fast", "small"])
+@pytest.mark.parametrize("kind", ["image", "mask"])
+def test_png_is_lossless_and_deterministic(mode, kind):
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (33, 17, 3), dtype=np.uint8)
+    if kind == "mask":
+        pixels = (pixels[..., 0] > 128).astype(np.uint8) * 255
+    data = encode_png(pixels, mode, kind)
+    assert data == encode_png(pixels, mode, kind)
+    assert (decode_image_bytes(data, "x.png") == pixels).all()
+
+
+def test_resize_uses_area_when_shrinking_and_keeps_alignment():
+    pixels = np.zeros((800, 800), np.uint8)
+    pixels[:, 400:] = 200
+    small = resize_image(pixels, 512, 512)
+    assert small.shape == (512, 512)
+    assert (small[:, :256] == 0).all() and (small[:, 256:] == 200).all()
+    assert resize_image(small, 512, 512) is small
+    assert resize_image(small, 1024, 600).shape == (1024, 600)

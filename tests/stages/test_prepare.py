@@ -1,0 +1,309 @@
+"""`prepare` end to end on small synthetic LabelMe folders."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vesselctl.data.images import read_image
+from vesselctl.data.manifest import read_manifest
+from vesselctl.data.masks import fill_rings, resample_mask
+from vesselctl.data.synthetic import (
+    draw_vessel_mask,
+    labelme_document,
+    make_sample,
+    mask_to_labelme_shapes,
+    write_labelme_dataset,
+    write_mask_folder_dataset,
+)
+from vesselctl.errors import ConfigError, DatasetError
+from vesselctl.settings.prepare import PrepareSettings
+from vesselctl.stages import prepare
+
+GROUPS = r"^(P\d+)_"
+
+
+def settings(src: Path, out: Path, **kwargs) -> PrepareSettings:
+    data = {"input": src, "output": out, "workers": 1, "progress": False, **kwargs}
+    return PrepareSettings.model_validate(data)
+
+
+def tree_hashes(root: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name not in skip
+    }
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+@pytest.fixture(scope="module")
+def labelme_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("labelme")
+    write_labelme_dataset(folder, 12, seed=11, sizes=(512, 800), embed_every=4, patients=4)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def prepared(labelme_dir, tmp_path_factory) -> tuple[Path, prepare.PrepareResult]:
+    out = tmp_path_factory.mktemp("run") / "out"
+    return out, prepare.run(
+        settings(labelme_dir, out, overwrite=True, split={"group_pattern": GROUPS})
+    )
+
+
+def test_layout_manifest_and_masks(labelme_dir, prepared):
+    out, result = prepared
+    assert result.prepared == result.found == 12
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [
+            "images",
+            "masks",
+            "sa2va",
+            "manifest.jsonl",
+            "splits.json",
+            "prepare_report.json",
+            "settings.yaml",
+            "run_info.json",
+            "result.json",
+        ]
+    )
+    records = read_manifest(out)
+    assert [r.id for r in records] == sorted(r.id for r in records)
+    for record in records:
+        index = int(record.id.rsplit("img", 1)[1])
+        size = 512 if index % 2 == 0 else 800
+        image, mask = read_image(out / record.image), read_image(out / record.mask)
+        assert image.shape == mask.shape == (512, 512)
+        assert set(np.unique(mask)) <= {0, 255}
+        assert record.extra["orig_height"] == size
+        assert record.extra["scale_x"] == pytest.approx(512 / size)
+        assert (
+            record.extra["sha256_mask"]
+            == hashlib.sha256((out / record.mask).read_bytes()).hexdigest()
+        )
+        assert record.extra["image_source"] == ("embedded" if index % 4 == 3 else "file")
+        assert record.extra["question"] == "Please segment the blood vessels."
+        assert record.extra["answer"] == "Sure, [SEG]." and record.phrase == "blood vessels"
+        sample = make_sample(11, index, size, size)
+        if size == 512:
+            assert ((mask > 0) == sample.mask).all()
+        else:
+            # Rasterised from scaled geometry, not resampled: close to, not equal to, resampling.
+            assert dice(mask > 0, resample_mask(sample.mask, 512, 512)) > 0.9
+
+
+def test_report_echoes_settings_and_counts(prepared):
+    out, _ = prepared
+    report = json.loads((out / "prepare_report.json").read_text())
+    assert report["raster"]["line_width_px"] == 10.0
+    assert report["original_sizes"] == {"512x512": 6, "800x800": 6}
+    assert report["image_sources"] == {"embedded": 3, "file": 9}
+    assert report["label_counts"]["hole"] > 0 and report["shape_counts"]["polygon"] > 0
+    assert sum(report["counts"].values()) == 12
+
+
+def test_splits_keep_patients_together(prepared):
+    out, _ = prepared
+    by_patient: dict[str, set[str]] = {}
+    for record in read_manifest(out):
+        by_patient.setdefault(record.extra["group"], set()).add(record.split)
+    assert len(by_patient) == 4 and all(len(s) == 1 for s in by_patient.values())
+    stored = json.loads((out / "splits.json").read_text())
+    assert stored["settings"]["group_pattern"] == GROUPS
+
+
+def test_sa2va_annotations_decode_back_to_the_masks(prepared):
+    out, _ = prepared
+    records = {r.id: r for r in read_manifest(out)}
+    seen = 0
+    for split in ("train", "val", "test"):
+        entries = json.loads((out / "sa2va" / split / "annotations.json").read_text())
+        for entry in entries:
+            item_id = entry["image"].removesuffix(".png")
+            assert records[item_id].split == split
+            assert (out / "images" / entry["image"]).is_file()
+            assert entry["text"] == ["blood vessels"] and len(entry["mask"]) == 1
+            back = np.zeros((512, 512), bool)
+            for flat in entry["mask"][0]:
+                back |= fill_rings([np.asarray(flat).reshape(-1, 2)], 512, 512)
+            truth = read_image(out / records[item_id].mask) > 0
+            assert dice(back, truth) > 0.999
+            seen += 1
+    assert seen == 12
+
+
+def test_inputs_untouched_and_rerun_byte_identical(labelme_dir, prepared, tmp_path):
+    out, _ = prepared
+    before = tree_hashes(labelme_dir)
+    first = tree_hashes(out, skip=("run_info.json",))
+    prepare.run(settings(labelme_dir, out, overwrite=True, split={"group_pattern": GROUPS}))
+    assert tree_hashes(out, skip=("run_info.json",)) == first
+    assert tree_hashes(labelme_dir) == before
+    # Into another folder with two worker processes: same data files.
+    other = tmp_path / "other"
+    prepare.run(settings(labelme_dir, other, workers=2, split={"group_pattern": GROUPS}))
+    skip = ("run_info.json", "settings.yaml")
+    assert tree_hashes(other, skip=skip) == tree_hashes(out, skip=skip)
+
+
+def test_loopy_vessel_mask_round_trips_through_labelme_with_holes(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    originals = {}
+    for index, size in enumerate((512, 512, 800)):
+        mask = draw_vessel_mask(21, index, size, size)
+        originals[f"loop{index}"] = mask
+        shapes = mask_to_labelme_shapes(mask)
+        assert any(s["label"] == "hole" for s in shapes)
+        image = make_sample(21, index, size, size).image
+        from vesselctl.data.images import encode_png
+
+        (src / f"loop{index}.png").write_bytes(encode_png(image))
+        doc = labelme_document(shapes, f"loop{index}.png", size, size, None)
+        (src / f"loop{index}.json").write_text(json.dumps(doc))
+    out = tmp_path / "out"
+    prepare.run(settings(src, out, split={"val": 0, "test": 0}))
+    for record in read_manifest(out):
+        got = read_image(out / record.mask) > 0
+        original = originals[record.id]
+        if original.shape == (512, 512):
+            assert dice(got, original) >= 0.99
+        # Holes matter: outer outlines alone would fill every loop.
+        no_holes = [s for s in mask_to_labelme_shapes(original) if s["label"] != "hole"]
+        assert len(no_holes) < len(mask_to_labelme_shapes(original))
+
+
+def test_hostile_image_path_cannot_escape(tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    write_labelme_dataset(src, 2, seed=1, sizes=(64,), embed_every=0)
+    (tmp_path / "outside.png").write_bytes((src / "P000_img0000.png").read_bytes())
+    evil = json.loads((src / "P001_img0001.json").read_text())
+    evil["imagePath"] = "../outside.png"
+    (src / "P001_img0001.json").write_text(json.dumps(evil))
+    (src / "P001_img0001.png").unlink()
+    evil2 = dict(evil, imagePath="../../../../../../etc/passwd")
+    (src / "sub").mkdir()
+    (src / "sub" / "evil.json").write_text(json.dumps(evil2))
+    before = tree_hashes(tmp_path)
+    with pytest.raises(DatasetError) as info:
+        prepare.run(settings(src, out))
+    message = str(info.value)
+    assert "2 of 3 file(s)" in message
+    assert "P001_img0001.json" in message and "sub/evil.json" in message
+    assert "resolves outside the dataset folder" in message
+    after = tree_hashes(tmp_path)
+    assert {k: v for k, v in after.items() if not k.startswith("out/")} == before
+    assert not (out / "manifest.jsonl").exists() and not (out / "images").exists()
+    # Skipping leaves the bad files out and lists them.
+    result = prepare.run(settings(src, out, on_bad_file="skip", split={"val": 0, "test": 0}))
+    assert result.prepared == 1 and sorted(result.skipped) == ["P001_img0001.json", "sub/evil.json"]
+    report = json.loads((out / "prepare_report.json").read_text())
+    assert [s["source"] for s in report["skipped"]] == ["P001_img0001.json", "sub/evil.json"]
+
+
+def test_refuses_non_empty_output_and_foreign_files(labelme_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=r"not empty.*--overwrite"):
+        prepare.run(settings(labelme_dir, out))
+    with pytest.raises(ConfigError, match=r"did not write.*notes.txt"):
+        prepare.run(settings(labelme_dir, out, overwrite=True))
+    assert (out / "notes.txt").read_text() == "mine"
+    with pytest.raises(ConfigError, match=r"overlap"):
+        prepare.run(settings(labelme_dir, labelme_dir / "out"))
+
+
+def test_bad_files_are_all_listed(tmp_path):
+    src = tmp_path / "src"
+    write_labelme_dataset(src, 3, seed=2, sizes=(64,), embed_every=0)
+    doc = json.loads((src / "P000_img0000.json").read_text())
+    doc["shapes"][0]["label"] = "artery"
+    (src / "P000_img0000.json").write_text(json.dumps(doc))
+    doc = json.loads((src / "P001_img0001.json").read_text())
+    doc["imageWidth"] = 80
+    (src / "P001_img0001.json").write_text(json.dumps(doc))
+    (src / "P002_img0002.json").write_text('{"shapes": [')
+    with pytest.raises(DatasetError) as info:
+        prepare.run(settings(src, tmp_path / "out"))
+    message = str(info.value)
+    assert "3 of 3 file(s)" in message
+    assert "P000_img0000.json: label(s) 'artery' are not in the label map" in message
+    assert "P001_img0001.json: imageHeight x imageWidth say 64x80 but the image is 64x64" in message
+    assert "P002_img0002.json: (file): invalid JSON" in message
+    # Mapping the label fixes the first file.
+    result = prepare.run(
+        settings(
+            src,
+            tmp_path / "out2",
+            on_bad_file="skip",
+            labels={"ignore": ["artery"]},
+            split={"val": 0, "test": 0},
+        )
+    )
+    assert result.prepared == 1
+
+
+def test_split_reused_on_rerun_with_new_files(tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    write_labelme_dataset(src, 10, seed=4, sizes=(64,), embed_every=0, patients=5)
+    split = {"group_pattern": GROUPS, "val": 0.2, "test": 0.2}
+    prepare.run(settings(src, out, split=split))
+    first = {r.id: r.split for r in read_manifest(out)}
+    write_labelme_dataset(src, 2, seed=4, sizes=(64,), embed_every=0, patients=5, start_index=10)
+    (src / "P000_img0000.json").unlink()
+    (src / "P000_img0000.png").unlink()
+    result = prepare.run(settings(src, out, overwrite=True, split=split))
+    second = {r.id: r.split for r in read_manifest(out)}
+    assert all(second[i] == s for i, s in first.items() if i in second)
+    assert second["P000_img0010"] == first["P000_img0005"]  # same patient, same split
+    assert result.split_history["removed_since_previous"] == ["P000_img0000"]
+    assert result.split_history["reused"] == 9
+    run_info = json.loads((out / "run_info.json").read_text())
+    assert run_info["split_history"]["added"] == ["P000_img0010", "P001_img0011"]
+    # Other split settings: a fresh split, said so.
+    result = prepare.run(settings(src, out, overwrite=True, split={**split, "seed": 9}))
+    assert "other split settings" in result.split_source
+
+
+def test_image_and_mask_folder_input(tmp_path):
+    src = tmp_path / "src"
+    write_mask_folder_dataset(src, 3, seed=5, sizes=(64,))
+    result = prepare.run(settings(src, tmp_path / "out", resize={"height": 32, "width": 32}))
+    assert result.input_format == "mask_folder" and result.prepared == 3
+    for record in read_manifest(tmp_path / "out"):
+        index = int(record.id.rsplit("img", 1)[1])
+        mask = read_image(tmp_path / "out" / record.mask) > 0
+        assert mask.shape == (32, 32)
+        assert (mask == resample_mask(make_sample(5, index, 64, 64).mask, 32, 32)).all()
+
+
+def test_non_binary_mask_is_rejected(tmp_path):
+    src = tmp_path / "src"
+    pairs = write_mask_folder_dataset(src, 1, seed=5, sizes=(16,))
+    from vesselctl.data.images import encode_png
+
+    pairs[0][1].write_bytes(encode_png(np.arange(256, dtype=np.uint8).reshape(16, 16)))
+    with pytest.raises(DatasetError, match=r"expected a binary mask"):
+        prepare.run(settings(src, tmp_path / "out"))
+
+
+def test_keeps_original_size_when_resize_is_off(tmp_path):
+    src = tmp_path / "src"
+    write_labelme_dataset(src, 2, seed=8, sizes=(40, 56), embed_every=0)
+    out = tmp_path / "out"
+    prepare.run(
+        settings(src, out, resize={"height": None, "width": None}, split={"val": 0, "test": 0})
+    )
+    sizes = sorted((r.height, r.width) for r in read_manifest(out))
+    assert sizes == [(40, 40), (56, 56)]
+    shutil.rmtree(out)
