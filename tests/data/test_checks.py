@@ -273,6 +273,20 @@ def test_size_mismatch_states_both_sizes(tmp_path: Path) -> None:
     assert "800x800" in problems[0].found and "32x32" in problems[0].found
 
 
+def test_image_resized_after_annotation_is_one_error_not_one_per_shape(tmp_path: Path) -> None:
+    """Shapes drawn on a 64x64 image, then the image shrunk to 32x32 by hand."""
+    make_labelme_dataset(tmp_path)
+
+    def drawn_at_64(document: dict) -> None:
+        document.update(imageHeight=64, imageWidth=64)
+        for item in document["shapes"]:
+            item["points"] = [[2 * x, 2 * y] for x, y in item["points"]]
+
+    edit_json(tmp_path / "img0.json", drawn_at_64)
+    problems = labelme_problems(tmp_path)
+    assert check_ids(problems) == {"size_mismatch"}
+
+
 def test_embedded_image_data_is_checked(tmp_path: Path) -> None:
     import base64
 

@@ -719,8 +719,10 @@ def check_labelme_file(
                     "re-export the image, or re-save the annotation with its image in LabelMe",
                 )
             )
-    declared = (document.image_height, document.image_width)
-    if image is not None and None not in declared and declared != image.shape[:2]:
+    declared: tuple[int, int] | None = None
+    if document.image_height is not None and document.image_width is not None:
+        declared = (document.image_height, document.image_width)
+    if image is not None and declared is not None and declared != image.shape[:2]:
         problems.append(
             Problem(
                 relative,
@@ -732,16 +734,14 @@ def check_labelme_file(
                 "resizes image and shapes together); else correct imageHeight/imageWidth",
             )
         )
-    if image is not None:
-        size: tuple[int, int] | None = (int(image.shape[0]), int(image.shape[1]))
-    elif None not in declared:
-        size = (int(declared[0]), int(declared[1]))  # type: ignore[arg-type]
-    else:
-        size = None
+    size = (int(image.shape[0]), int(image.shape[1])) if image is not None else declared
 
-    # Shapes: labels against the label map, then geometry.
+    # Shapes: geometry, then labels against the label map. Bounds are those of the image the
+    # shapes were drawn on: the declared size when there is one (a mismatch with the real image
+    # is reported once above, not again for every shape that now sticks out).
+    drawn_on = declared or size
     problems += check_shapes_geometry(
-        relative, document.shapes, size, bounds_tolerance, report_twists
+        relative, document.shapes, drawn_on, bounds_tolerance, report_twists
     )
     drawable = []
     for shape in document.shapes:
