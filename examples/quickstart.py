@@ -19,12 +19,37 @@ def run(args: list[str]) -> None:
     subprocess.run(command, check=True)
 
 
+def generate(out: Path) -> Path:
+    """Write 40 synthetic LabelMe files (512 and 800 pixels, some with embedded images)."""
+    labelme = out / "labelme"
+    if not labelme.exists():
+        script = Path(__file__).with_name("make_synthetic_dataset.py")
+        args = [str(labelme), "--count", "40", "--seed", "0"]
+        print("$ python examples/make_synthetic_dataset.py " + shlex.join(args), flush=True)
+        subprocess.run([sys.executable, str(script), *args], check=True)
+    return labelme
+
+
 def main() -> None:
     if len(sys.argv) != 2:
         sys.exit("usage: python examples/quickstart.py OUT_DIR")
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
     run(["env"])
+    labelme = generate(out)
+    data = out / "data"
+    run(
+        [
+            "prepare",
+            str(labelme),
+            str(data),
+            "--overwrite",
+            "--no-progress",
+            "--group-pattern",
+            r"^(P\d+)_",
+        ]
+    )
+    run(["validate", str(data)])
 
 
 if __name__ == "__main__":
