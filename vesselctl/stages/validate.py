@@ -1,4 +1,6 @@
-"""`vesselctl validate`: check a LabelMe folder or a prepared dataset and report every problem.
+"""`vesselctl validate`: check annotations or a prepared dataset and report every problem at once.
+
+PATH may be a LabelMe folder, a folder of images with mask PNGs, or a prepared dataset.
 
 Reads top to bottom: find what PATH is and list its files; check every file in worker processes
 (each returns its problems, a pixel hash and statistics); compare files with each other
@@ -41,6 +43,7 @@ class FileOutcome:
     problems: list[Problem]
     digest: str | None
     stats: ImageStats | None
+    overlay_written: bool = False
 
 
 @dataclass
@@ -119,9 +122,7 @@ def run(settings: ValidateSettings, progress: Progress | None = None) -> Validat
         stats=stats,
         strict=settings.strict,
         seconds=time.perf_counter() - start,
-        overlays=sum(1 for o in outcomes if o.stats is not None and o.stats.has_mask)
-        if settings.overlays
-        else 0,
+        overlays=sum(o.overlay_written for o in outcomes),
         by_check=checks.count_by_check(problems),
     )
 
@@ -221,18 +222,23 @@ def _map_files(
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__, "cv2", "shapely", "skimage.morphology"])
     chunksize = max(1, min(32, total // (workers * 8)))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_worker_init
+    ) as pool:
         for done, outcome in enumerate(pool.map(_check_one, items, chunksize=chunksize), 1):
             yield outcome
             if progress:
                 progress(done, total)
 
 
-def _check_one(item: tuple[ValidateSettings, Kind, Any, bool]) -> FileOutcome:
-    """Check one file, measure its statistics and draw its overlay when asked."""
+def _worker_init() -> None:
     import cv2
 
     cv2.setNumThreads(1)  # parallelism comes from the worker processes
+
+
+def _check_one(item: tuple[ValidateSettings, Kind, Any, bool]) -> FileOutcome:
+    """Check one file, measure its statistics and draw its overlay when asked."""
     settings, kind, task, measure_widths = item
     root = Path(settings.path)
     if kind == "prepared":
@@ -271,7 +277,7 @@ def _check_one(item: tuple[ValidateSettings, Kind, Any, bool]) -> FileOutcome:
         overlay_name = str(Path(file).with_suffix(".png"))
 
     digest = checks.pixel_digest(image) if image is not None else None
-    stats = None
+    stats, overlay_written = None, False
     if image is not None:
         usable_mask = mask if mask is not None and mask.shape[:2] == image.shape[:2] else None
         stats = image_stats(
@@ -287,7 +293,8 @@ def _check_one(item: tuple[ValidateSettings, Kind, Any, bool]) -> FileOutcome:
 
             overlay = draw_overlay(image, usable_mask)
             atomic_write_bytes(Path(settings.overlays) / overlay_name, encode_png(overlay))
-    return FileOutcome(file, split, problems, digest, stats)
+            overlay_written = True
+    return FileOutcome(file, split, problems, digest, stats, overlay_written)
 
 
 def _counts(value: Any) -> dict[str, int]:
