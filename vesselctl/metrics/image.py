@@ -236,7 +236,8 @@ def surface_distances(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
     points_gt = np.argwhere(surface(gt))
     pred_to_gt, _ = cKDTree(points_gt).query(points_pred, k=1)
     gt_to_pred, _ = cKDTree(points_pred).query(points_gt, k=1)
-    pooled = np.concatenate([pred_to_gt, gt_to_pred])
+    # Sorted so the sum does not depend on which mask came first: ASSD is exactly symmetric.
+    pooled = np.sort(np.concatenate([pred_to_gt, gt_to_pred]))
     return float(np.percentile(pooled, HD_PERCENTILE)), float(pooled.mean())
 
 
