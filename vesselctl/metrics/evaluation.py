@@ -208,12 +208,34 @@ def _evaluate_case(args: tuple[CaseFiles, float, tuple[str, ...] | None]) -> dic
     return row
 
 
+@dataclass(frozen=True)
+class _PackedMask:
+    """A bool mask packed 8 pixels to a byte, so sending it to a worker copies 8x less."""
+
+    bits: np.ndarray
+    shape: tuple[int, int]
+
+    @classmethod
+    def pack(cls, mask: np.ndarray | None) -> _PackedMask | np.ndarray | None:
+        if mask is None or mask.dtype != bool or mask.ndim != 2:
+            return mask
+        return cls(np.packbits(mask, axis=None), mask.shape)
+
+    def unpack(self) -> np.ndarray:
+        count = self.shape[0] * self.shape[1]
+        return np.unpackbits(self.bits, count=count).view(bool).reshape(self.shape)
+
+
+def _unpacked(mask: Any) -> Any:
+    return mask.unpack() if isinstance(mask, _PackedMask) else mask
+
+
 def _evaluate_item(
-    args: tuple[str, np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None, Any],
+    args: tuple[str, Any, Any, np.ndarray | None, Any, Any],
 ) -> dict[str, Any]:
     case_id, pred, gt, prob, fov, metrics = args
     row: dict[str, Any] = {"id": case_id, "prediction": "", "kind": "array"}
-    row.update(compute_image_metrics(pred, gt, prob, fov, metrics))
+    row.update(compute_image_metrics(_unpacked(pred), _unpacked(gt), prob, _unpacked(fov), metrics))
     return row
 
 
@@ -313,7 +335,12 @@ def evaluate_arrays(
     ``prob`` and ``fov`` may be None. Defaults to in-process: arrays would be pickled to workers.
     """
     wanted = tuple(metrics) if metrics is not None else None
-    tasks = [(*item, wanted) for item in items]
+    items = list(items)
+    if resolve_workers(workers, len(items)) > 1:
+        pack = _PackedMask.pack
+        tasks = [(i, pack(p), pack(g), prob, pack(f), wanted) for i, p, g, prob, f in items]
+    else:
+        tasks = [(*item, wanted) for item in items]
     return parallel_map(_evaluate_item, tasks, workers)
 
 
