@@ -6,11 +6,12 @@ map per prediction, then times, in one run:
 1. confusion-based metrics only (counts, Dice, IoU, accuracy, ... MCC), one process;
 2. every metric (confusion, clDice/Tprec/Tsens, Betti errors, HD95/ASSD, AUC-ROC/AUC-PR) with
    ``vesselctl.metrics.evaluate_arrays`` over ``--workers`` processes;
-3. the reference (``benchmarks/reference_metrics.py``: scikit-learn, scikit-image and scipy, one
+3. (``--from-files``) every metric from PNG files through ``evaluate_files``, the stage path;
+4. the reference (``benchmarks/reference_metrics.py``: scikit-learn, scikit-image and scipy, one
    separate pass per metric) over the same number of processes, on the first ``--reference-n``
    pairs;
 
-and checks that 2 and 3 agree to 1e-9 on every metric of every image. Timings include starting
+and checks that 2 and 4 agree to 1e-9 on every metric of every image. Timings include starting
 the process pool. Prints a table and writes JSON (``--out``); exits 1 if results differ.
 
     python benchmarks/evaluate.py --n 1000 --size 512 --workers 2 --out bench_evaluate.json
@@ -78,6 +79,28 @@ def make_pair(seed: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return gt.astype(bool), threshold_probability(prob, 0.5), prob
 
 
+def _time_from_files(pairs: list, workers: int) -> float:
+    """Seconds to score the pairs from PNG files (8-bit probability maps) like the stage does."""
+    import tempfile
+
+    from PIL import Image
+
+    from vesselctl.metrics import evaluate_files
+    from vesselctl.metrics.evaluation import CaseFiles
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cases = []
+        for i, (gt, _, prob) in enumerate(pairs):
+            gt_path = Path(tmp) / f"gt{i:05d}.png"
+            pred_path = Path(tmp) / f"pred{i:05d}.png"
+            Image.fromarray(gt.astype(np.uint8) * 255).save(gt_path, compress_level=1)
+            Image.fromarray(prob).save(pred_path, compress_level=1)
+            cases.append(CaseFiles(id=f"case{i:05d}", gt=gt_path, pred=pred_path))
+        start = time.perf_counter()
+        evaluate_files(cases, threshold=0.5, metrics=METRIC_NAMES, workers=workers)
+        return time.perf_counter() - start
+
+
 def _reference_task(item: tuple) -> dict:
     case_id, pred, gt, prob, fov = item
     return {"id": case_id, **reference_image_metrics(pred, gt, prob, fov)}
@@ -91,6 +114,11 @@ def main() -> int:
     parser.add_argument("--reference-n", type=int, default=None, help="pairs for the reference")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument(
+        "--from-files",
+        action="store_true",
+        help="also time the stage path: PNG files read and scored by evaluate_files",
+    )
     args = parser.parse_args()
     ref_n = args.n if args.reference_n is None else min(args.reference_n, args.n)
 
@@ -107,6 +135,10 @@ def main() -> int:
     start = time.perf_counter()
     ours = evaluate_arrays(items, metrics=METRIC_NAMES, workers=args.workers)
     full_s = time.perf_counter() - start
+
+    files_s = None
+    if args.from_files:
+        files_s = _time_from_files(pairs, args.workers)
 
     start = time.perf_counter()
     reference = parallel_map(_reference_task, items[:ref_n], args.workers)
@@ -129,6 +161,10 @@ def main() -> int:
         (f"all metrics, {args.workers} processes", args.n, full_s, args.n / full_s),
         (f"reference, {args.workers} processes", ref_n, reference_s, ref_n / reference_s),
     ]
+    if files_s is not None:
+        name = f"all metrics from PNG files, {args.workers} proc."
+        rows.insert(2, (name, args.n, files_s, args.n / files_s))
+    load = os.getloadavg()
     print(
         f"{args.n} pairs of {args.size}x{args.size} vessel masks (generated in {generate_s:.1f}s)"
     )
@@ -137,6 +173,7 @@ def main() -> int:
         print(f"{name:<38} {count:>7} {seconds:>9.2f} {rate:>10.1f}")
     speedup = reference_per_image_s / ours_per_image_s
     print(f"speed-up over the reference (per image): {speedup:.1f}x")
+    print(f"load average after the run (1, 5, 15 min): {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     print(
         f"largest |difference| over {ref_n} images: {max(worst.values()):.3g} "
         f"({'identical to 1e-9' if identical else 'DIFFERENT'})"
@@ -150,6 +187,8 @@ def main() -> int:
             "reference_n": ref_n,
             "seed": args.seed,
             "cpu_count": os.cpu_count(),
+            "load_average_after": load,
+            "from_files_images_per_s": None if files_s is None else args.n / files_s,
             "machine": platform.platform(),
             "python": platform.python_version(),
             "confusion_images_per_s": args.n / confusion_s,
