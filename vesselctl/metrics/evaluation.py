@@ -264,12 +264,19 @@ def _start_method() -> str:
     return "forkserver" if "forkserver" in methods else "spawn"
 
 
+def _worker_init() -> None:
+    """One OpenCV thread per worker: the pool already uses every core."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 def _pool(workers: int) -> ProcessPoolExecutor:
     """A process pool started with ``_start_method()``."""
     import multiprocessing
 
     context = multiprocessing.get_context(_start_method())
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init)
 
 
 def parallel_map(func: Any, tasks: Sequence[Any], workers: int) -> list[Any]:
