@@ -163,6 +163,8 @@ def test_parallel_and_serial_rows_agree(tmp_path) -> None:
     parallel = evaluate_arrays(items, workers=2)
     assert serial == parallel
     assert serial[3]["dice"] == compute_image_metrics(items[3][1], items[3][2])["dice"]
+    with pytest.raises(EvaluationError, match=r"image 'bad': pred .* differ in shape"):
+        evaluate_arrays([("bad", np.zeros((3, 3), bool), np.zeros((4, 4), bool), None, None)])
 
 
 def test_sweep_picks_the_best_threshold_and_needs_probabilities(tmp_path, masks) -> None:

@@ -235,13 +235,24 @@ def _evaluate_item(
 ) -> dict[str, Any]:
     case_id, pred, gt, prob, fov, metrics = args
     row: dict[str, Any] = {"id": case_id, "prediction": "", "kind": "array"}
-    row.update(compute_image_metrics(_unpacked(pred), _unpacked(gt), prob, _unpacked(fov), metrics))
+    try:
+        values = compute_image_metrics(
+            _unpacked(pred), _unpacked(gt), prob, _unpacked(fov), metrics
+        )
+    except ValueError as exc:
+        raise EvaluationError(f"image '{case_id}': {exc}") from exc
+    row.update(values)
     return row
 
 
 def resolve_workers(workers: int, n_items: int) -> int:
     """0 means every CPU core; small jobs run in-process."""
-    count = workers if workers > 0 else (os.cpu_count() or 1)
+    if workers > 0:
+        count = workers
+    elif hasattr(os, "sched_getaffinity"):  # the cores this process may use, not the machine's
+        count = len(os.sched_getaffinity(0))
+    else:
+        count = os.cpu_count() or 1
     return 1 if n_items < SERIAL_BELOW else max(1, min(count, n_items))
 
 
