@@ -10,6 +10,7 @@ from vesselctl.cli import config as config_cmd
 from vesselctl.cli import env as env_cmd
 from vesselctl.cli import prepare as prepare_cmd
 from vesselctl.cli import validate as validate_cmd
+from vesselctl.cli import evaluate as evaluate_cmd
 from vesselctl.cli.config import register_stage_settings
 
 app = typer.Typer(
@@ -43,6 +44,8 @@ app.command("prepare")(prepare_cmd.prepare)
 app.command("validate")(validate_cmd.validate)
 register_stage_settings("prepare", "vesselctl.settings.prepare:PrepareSettings")
 register_stage_settings("validate", "vesselctl.settings.validate:ValidateSettings")
+app.command("evaluate")(evaluate_cmd.evaluate)
+register_stage_settings("evaluate", "vesselctl.settings.evaluate:EvaluateSettings")
 
 
 def main() -> None:
