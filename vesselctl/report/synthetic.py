@@ -85,6 +85,9 @@ def write_mmengine_log(path: Path, run: SyntheticRun | None = None) -> Path:
     last_iter = run.crash_at or run.total_iters
     iters = np.arange(run.log_interval, last_iter + 1, run.log_interval)
     values = _loss_values(run, iters)
+    rng = np.random.default_rng(run.seed + 1)
+    jitter = 1.0 + 0.03 * rng.standard_normal(2 * len(iters) + 1)
+    memory_extra = rng.integers(0, 700, 2 * len(iters) + 1)
     lines: list[str] = []
     clock = run.start
 
@@ -110,8 +113,8 @@ def write_mmengine_log(path: Path, run: SyntheticRun | None = None) -> Path:
             where = f"Epoch(train)  [{epoch + 1}][{in_epoch + 1:>{width}}/{run.iters_per_epoch}]"
         else:
             where = f"Iter(train) [{it:>{len(str(run.total_iters))}}/{run.total_iters}]"
-        time = run.seconds_per_iter * (1.0 + 0.01 * ((it * 7) % 5))
-        memory = run.memory_mb + (it * 37) % 700
+        time = run.seconds_per_iter * float(jitter[index])
+        memory = run.memory_mb + int(memory_extra[index])
         return (
             f"{stamp()} - mmengine - INFO - {where}  lr: {run.lr:.4e}  eta: {eta}  "
             f"time: {time:.4f}  data_time: 0.0123  memory: {memory}  loss: {total_text}  "
