@@ -367,7 +367,17 @@ def _spikes(name: str, values: np.ndarray, steps: np.ndarray, rules: AnomalyRule
     from numpy.lib.stride_tricks import sliding_window_view
 
     previous = sliding_window_view(values[:-1], window)  # row i: values[i : i + window]
-    reference = np.median(previous, axis=1)  # NaN in the window -> NaN -> no flag
+    reference = np.median(previous, axis=1)
+    holes = np.isnan(reference)
+    if holes.any():  # windows holding a NaN: median of their finite values (slower, so only here)
+        with np.errstate(all="ignore"):
+            clean = np.where(np.isfinite(previous[holes]), previous[holes], np.nan)
+            counts = np.isfinite(clean).sum(axis=1)
+            medians = np.full(clean.shape[0], np.nan)
+            enough = counts >= 3
+            if enough.any():
+                medians[enough] = np.nanmedian(clean[enough], axis=1)
+        reference[holes] = medians
     current = values[window:]
     with np.errstate(invalid="ignore"):
         flags = (current > rules.spike_factor * reference) & (reference > 0)

@@ -37,6 +37,7 @@ class Checkpoint:
     size_bytes: int
     is_dir: bool
     link_target: str | None = None
+    aliases: list[str] = field(default_factory=list)  # links to it, e.g. "best", "last"
 
 
 @dataclass
@@ -111,9 +112,14 @@ def find_checkpoints(folders: list[Path]) -> list[Checkpoint]:
             candidates = [p for p in folder.iterdir() if not p.name.startswith(".")]
         else:
             candidates = [p for p in folder.iterdir() if _CHECKPOINT_NAME.match(p.name)]
-        for item in candidates:
+        # Real entries first, so a link such as "best" becomes an alias of what it points to.
+        for item in sorted(candidates, key=lambda p: (p.is_symlink(), p.name)):
             resolved = item.resolve()
-            if resolved in found or item.name.endswith((".tmp", ".partial")):
+            if item.name.endswith((".tmp", ".partial")):
+                continue
+            if resolved in found:
+                if item.is_symlink():
+                    found[resolved].aliases.append(item.name)
                 continue
             link = os.readlink(item) if item.is_symlink() else None
             found[resolved] = Checkpoint(

@@ -382,7 +382,7 @@ def _checkpoint_blocks(report: RunReport) -> list[Block]:
         return [Paragraph("No checkpoints found.")]
     rows = [
         [
-            c.path.name,
+            c.path.name + (f" ({', '.join(c.aliases)})" if c.aliases else ""),
             "-" if c.step is None else str(c.step),
             _size(c.size_bytes) if c.link_target is None else f"link to {c.link_target}",
             "folder" if c.is_dir else "file",
