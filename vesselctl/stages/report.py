@@ -497,6 +497,12 @@ def run(settings: ReportSettings) -> ReportResult:
     if settings.out is None:
         raise ReportError("no output folder: pass --out DIR")
     out = Path(settings.out)
+    for item in [*settings.runs, *settings.evaluations]:
+        if not Path(item).exists():
+            raise ReportError(
+                f"{item}: no such file or folder; pass a vesselctl run folder, an mmengine "
+                "work_dir, a training log file or an evaluation folder"
+            )
     _check_out_dir(out, settings.runs)
     out.mkdir(parents=True, exist_ok=True)
 
