@@ -234,10 +234,16 @@ def epoch_table(
                 values = log.train[column][chosen]
                 finite = values[_finite(values)]
                 row[key] = float(reduce(finite)) if finite.size else None
-        if stamps is not None:
+        if stamps is not None and _finite(stamps[chosen]).sum() >= 2:
             chosen_stamps = stamps[chosen & _finite(stamps)]
+            row["wall_time_s"] = float(chosen_stamps.max() - chosen_stamps.min())
+        elif "time_per_step_s" in log.train:
+            # No timestamps: time per step times the steps each record covers.
+            deltas = np.diff(np.concatenate([[0.0], steps]))[chosen]
+            times = log.train["time_per_step_s"][chosen]
+            usable = _finite(times) & (deltas > 0)
             row["wall_time_s"] = (
-                float(chosen_stamps.max() - chosen_stamps.min()) if chosen_stamps.size else None
+                float((times[usable] * deltas[usable]).sum()) if usable.any() else None
             )
         if val_epochs is not None:
             in_epoch = np.flatnonzero(val_epochs == epoch)

@@ -108,6 +108,20 @@ def _mark_nonfinite(axis, steps: np.ndarray, values: np.ndarray, colour) -> None
         )
 
 
+def _widen_flat_axis(axis, curves: Sequence[Curve], column: str) -> None:
+    """A constant series (fixed learning rate, steady memory) gets a +-5% axis instead of
+    matplotlib's tick labels at the 12th decimal."""
+    finite = [v[np.isfinite(v)] for c in curves if (v := c.log.train.get(column)) is not None]
+    finite = [v for v in finite if v.size]
+    if not finite:
+        return
+    low = min(float(v.min()) for v in finite)
+    high = max(float(v.max()) for v in finite)
+    if high - low <= 1e-9 * max(abs(high), 1e-30):
+        margin = abs(high) * 0.05 if high != 0 else 1.0
+        axis.set_ylim(low - margin, high + margin)
+
+
 def _grid(count: int, row_height: float = 2.6, columns: int = 2):
     plt = _pyplot()
     columns = 1 if count == 1 else columns
@@ -157,7 +171,7 @@ def plot_series(
             steps = curve.log.train["step"]
             if smooth is not None:
                 xs, ys = envelope(steps, values)
-                axis.plot(xs, ys, color=colour, linewidth=0.6, alpha=0.35)
+                axis.plot(xs, ys, color=colour, linewidth=0.8, alpha=0.45)
                 sx, sy = _thin(steps, ema(values, smooth))
                 axis.plot(sx, sy, color=colour, linewidth=1.6, label=curve.name)
             else:
@@ -171,6 +185,7 @@ def plot_series(
             axis.set_yscale("log")
         else:
             axis.ticklabel_format(axis="y", useOffset=False)
+            _widen_flat_axis(axis, curves, column)
     if len(curves) == 1 and len(present) > 1:
         fig.suptitle(title, fontsize=11, x=0.01, ha="left")
     _finish(fig, axes, curves)
@@ -214,6 +229,11 @@ def all_plots(curves: Sequence[Curve], smooth: float) -> dict[str, tuple[str, by
         for name in curve.log.loss_columns():
             if name not in loss_columns:
                 loss_columns.append(name)
+    lr_columns: list[str] = []
+    for curve in curves:
+        for name in curve.log.columns():
+            if (name == "lr" or name.endswith("_lr")) and name not in lr_columns:
+                lr_columns.append(name)
     figures = {
         "losses.png": (
             f"Every loss component: raw (faint) and EMA-smoothed (solid, weight {smooth:g}); "
@@ -222,7 +242,7 @@ def all_plots(curves: Sequence[Curve], smooth: float) -> dict[str, tuple[str, by
         ),
         "learning_rate.png": (
             "Learning rate",
-            plot_series(curves, ["lr"], title="learning rate", smooth=None),
+            plot_series(curves, lr_columns, title="learning rate", smooth=None),
         ),
         "speed.png": (
             "Time per step (s), data-loading time (s) and samples per second",
