@@ -11,6 +11,7 @@ from vesselctl.cli import env as env_cmd
 from vesselctl.cli import prepare as prepare_cmd
 from vesselctl.cli import validate as validate_cmd
 from vesselctl.cli import evaluate as evaluate_cmd
+from vesselctl.cli import report as report_cmd
 from vesselctl.cli.config import register_stage_settings
 
 app = typer.Typer(
@@ -46,6 +47,8 @@ register_stage_settings("prepare", "vesselctl.settings.prepare:PrepareSettings")
 register_stage_settings("validate", "vesselctl.settings.validate:ValidateSettings")
 app.command("evaluate")(evaluate_cmd.evaluate)
 register_stage_settings("evaluate", "vesselctl.settings.evaluate:EvaluateSettings")
+app.command("report")(report_cmd.report)
+register_stage_settings("report", "vesselctl.settings.report:ReportSettings")
 
 
 def main() -> None:
