@@ -8,10 +8,10 @@ import typer
 from vesselctl import __version__
 from vesselctl.cli import config as config_cmd
 from vesselctl.cli import env as env_cmd
-from vesselctl.cli import prepare as prepare_cmd
-from vesselctl.cli import validate as validate_cmd
 from vesselctl.cli import evaluate as evaluate_cmd
+from vesselctl.cli import prepare as prepare_cmd
 from vesselctl.cli import report as report_cmd
+from vesselctl.cli import validate as validate_cmd
 from vesselctl.cli.config import register_stage_settings
 
 app = typer.Typer(
