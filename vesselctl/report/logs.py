@@ -34,6 +34,7 @@ _HEADER = re.compile(
 _TIMESTAMP = re.compile(r"^(?:(\d{4})/)?(\d{2})/(\d{2}) (\d{2}):(\d{2}):(\d{2})")
 # ``key: value`` pairs; eta is ``str(timedelta)`` so it may read "1 day, 2:03:04".
 _PAIR = re.compile(r"([A-Za-z_][\w./-]*): (-?\d+ days?, \d+:\d\d:\d\d|\S+)")
+_KEY = re.compile(r"[A-Za-z_][\w./-]*")
 _RESUMED = re.compile(r"resumed epoch: (\d+), iter: (\d+)")
 _SAVING = re.compile(r"Saving checkpoint at (\d+) (iterations|epochs)")
 _LEVEL = re.compile(r" - (WARNING|ERROR|CRITICAL) - (.*)")
@@ -120,11 +121,7 @@ def _slow_pairs(item: str) -> list[tuple[str, float]]:
 
 
 def _pairs(line: str, start: int) -> list[tuple[str, float]]:
-    """The numeric ``key: value`` pairs after a header.
-
-    mmengine joins items with two spaces; splitting on that and calling float() is several times
-    faster than a regular expression over the line, which matters for 100,000-line logs.
-    """
+    """The numeric ``key: value`` pairs after a header (mmengine joins items with two spaces)."""
     pairs: list[tuple[str, float]] = []
     for item in line[start:].split("  "):
         key, sep, raw = item.partition(": ")
@@ -202,6 +199,152 @@ class _ColumnBuilder:
         return columns
 
 
+_DURATION = re.compile(r"^(?:(-?\d+) days?, )?(\d+):(\d\d):(\d\d)$", re.MULTILINE)
+
+
+def _durations_or_nan(texts: tuple[str, ...]) -> np.ndarray:
+    """Seconds of ``str(timedelta)`` texts in one regular-expression pass; anything else that
+    is not a number becomes NaN (one value at a time, the slow path)."""
+    found = _DURATION.findall("\n".join(texts))
+    if len(found) == len(texts):
+        parts = np.array(found, dtype=str).reshape(len(texts), 4)
+        parts[parts == ""] = "0"
+        d, h, m, sec = (parts[:, i].astype(np.int64) for i in range(4))
+        return (d * 86400 + h * 3600 + m * 60 + sec).astype(float)
+    parsed = [_to_float(text) for text in texts]
+    return np.array([np.nan if v is None else v for v in parsed], dtype=float)
+
+
+class _TrainLines:
+    """Train lines of a text log, parsed in bulk.
+
+    Per line only the key sequence (its layout) and the value strings are taken, with C-level
+    string splitting; lines are grouped by layout and each group's columns are converted
+    in C (``map(float, ...)``, one regular expression for eta texts) at the end. This parses a
+    100,000-line log about three times faster than converting value by value in Python.
+    """
+
+    def __init__(self) -> None:
+        self.steps: list[float] = []
+        self.epochs: list[float] = []
+        self.attempts: list[float] = []
+        self.stamp_text: list[str] = []  # "YYYY/MM/DD HH:MM:SS" or "" (then see stamp_other)
+        self.stamp_other: dict[int, float] = {}
+        self.layouts: dict[tuple[str, ...], tuple[list[int], list]] = {}
+        self.checked: dict[tuple[str, ...], bool] = {}
+
+    @property
+    def count(self) -> int:
+        return len(self.steps)
+
+    def _layout_ok(self, keys: tuple[str, ...]) -> bool:
+        known = self.checked.get(keys)
+        if known is None:
+            known = self.checked[keys] = all(_KEY.fullmatch(key) for key in keys)
+        return known
+
+    def add(
+        self,
+        step: float,
+        epoch: float,
+        attempt: float,
+        rest: str,
+        line: str,
+        year_hint: int,
+        day_cache: dict[str, float],
+    ) -> None:
+        index = len(self.steps)
+        self.steps.append(step)
+        self.epochs.append(epoch)
+        self.attempts.append(attempt)
+        # Fast path: mmengine writes "  key: value  key: value"; turning ": " into the two-space
+        # separator and splitting alternates keys and values. A layout (key tuple) is checked
+        # once; lines that do not fit (several pairs joined by one space, odd spacing) go
+        # through the regular expression.
+        parts = rest.rstrip().replace(": ", "  ").split("  ")
+        keys: tuple[str, ...] = tuple(parts[1::2])
+        values: tuple[str, ...] | list[str] = parts[2::2]
+        group = self.layouts.get(keys)
+        if group is None or parts[0] or len(parts) % 2 == 0:
+            if parts[0] or len(parts) % 2 == 0 or not self._layout_ok(keys):
+                pairs = _PAIR.findall(rest)
+                keys, values = tuple(zip(*pairs, strict=True)) if pairs else ((), ())
+            group = self.layouts.get(keys)
+        if group is None:
+            group = self.layouts[keys] = ([], [])
+        group[0].append(index)
+        group[1].append(values)
+        if len(line) >= 19 and line[4] == "/" and line[13] == ":" and line[16] == ":":
+            self.stamp_text.append(line[:19])
+        else:
+            self.stamp_text.append("")
+            stamp = _timestamp(line, year_hint, day_cache)
+            if stamp is not None:
+                self.stamp_other[index] = stamp
+
+    def _timestamps(self) -> np.ndarray:
+        out = np.full(self.count, np.nan)
+        fast = np.array([bool(t) for t in self.stamp_text])
+        if fast.any():
+            text = "".join(t for t in self.stamp_text if t).encode("ascii", errors="replace")
+            digits = np.frombuffer(text, dtype=np.uint8).reshape(-1, 19).astype(np.int64) - 48
+
+            def number(first: int, stop: int) -> np.ndarray:
+                value = np.zeros(digits.shape[0], dtype=np.int64)
+                for column in range(first, stop):
+                    value = value * 10 + digits[:, column]
+                return value
+
+            positions = [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18]
+            valid = ((digits[:, positions] >= 0) & (digits[:, positions] <= 9)).all(axis=1)
+            year, month, day = number(0, 4), number(5, 7), number(8, 10)
+            valid &= (month >= 1) & (month <= 12) & (day >= 1) & (day <= 31)
+            year, month, day = (
+                np.where(valid, v, d) for v, d in ((year, 1970), (month, 1), (day, 1))
+            )
+            days = (
+                (
+                    (year - 1970).astype("datetime64[Y]").astype("datetime64[M]") + (month - 1)
+                ).astype("datetime64[D]")
+                + (day - 1)
+            ).astype(np.int64)
+            seconds = days * 86400 + number(11, 13) * 3600 + number(14, 16) * 60 + number(17, 19)
+            out[fast] = np.where(valid, seconds.astype(float), np.nan)
+        for index, stamp in self.stamp_other.items():
+            out[index] = stamp
+        return out
+
+    def columns(self) -> dict[str, np.ndarray]:
+        columns: dict[str, np.ndarray] = {"step": np.asarray(self.steps, dtype=float)}
+        epochs = np.asarray(self.epochs, dtype=float)
+        if np.isfinite(epochs).any():
+            columns["epoch"] = epochs
+        for keys, (indices, rows) in self.layouts.items():
+            if not keys:
+                continue
+            where = np.asarray(indices, dtype=np.int64)
+            # Transposing with zip and converting with map(float) runs in C and is several times
+            # faster than numpy's string-array astype.
+            for key, texts in zip(keys, zip(*rows, strict=True), strict=True):
+                try:
+                    values = np.fromiter(map(float, texts), dtype=float, count=len(texts))
+                except ValueError:  # eta ("1 day, 2:03:04") or text
+                    values = _durations_or_nan(texts)
+                    if np.isnan(values).all():
+                        continue  # a text-valued key such as "mode: text"
+                if key == "memory":
+                    key, values = "memory_gib", values / 1024.0
+                key = _MMENGINE_RENAME.get(key, key)
+                if key not in columns:
+                    columns[key] = np.full(self.count, np.nan)
+                columns[key][where] = values
+        stamps = self._timestamps()
+        if np.isfinite(stamps).any():
+            columns["timestamp"] = stamps
+        columns["attempt"] = np.asarray(self.attempts, dtype=float)
+        return columns
+
+
 def _drop_superseded(log: TrainingLog, columns: dict[str, np.ndarray], count: bool) -> None:
     """After a restart the steps from the resume point on are logged twice; keep the later run.
 
@@ -244,7 +387,7 @@ def read_mmengine_logs(paths: Iterable[Path]) -> TrainingLog:
     """Parse one or more mmengine text logs of one run (several launches: oldest first)."""
     paths = [Path(p) for p in paths]
     log = TrainingLog(sources=paths, format="mmengine")
-    train, val = _ColumnBuilder(), _ColumnBuilder()
+    train, val = _TrainLines(), _ColumnBuilder()
     last_step = -math.inf
     day_cache: dict[str, float] = {}
     in_traceback = False
@@ -283,25 +426,24 @@ def read_mmengine_logs(paths: Iterable[Path]) -> TrainingLog:
                 if epoch_text is not None:
                     step = (int(epoch_text) - 1) * int(total) + int(current)
                     log.steps_per_epoch = int(total)
-                    record = {"step": float(step), "epoch": float(epoch_text)}
+                    epoch = float(epoch_text)
                 else:
                     step = int(current)
                     log.max_steps = int(total)
-                    record = {"step": float(step)}
-                for key, value in _pairs(line, header.end()):
-                    if key == "memory":
-                        record["memory_gib"] = value / 1024.0
-                    else:
-                        record[_MMENGINE_RENAME.get(key, key)] = value
-                stamp = _timestamp(line, year_hint, day_cache)
-                if stamp is not None:
-                    record["timestamp"] = stamp
+                    epoch = math.nan
                 if step <= last_step or relaunched:
                     _note_restart(log, number, last_step, step, path.name)
                     relaunched = False
-                record["attempt"] = float(len(log.restart_steps))
                 last_step = step
-                train.add(record)
+                train.add(
+                    float(step),
+                    epoch,
+                    float(len(log.restart_steps)),
+                    line[header.end() :],
+                    line,
+                    year_hint,
+                    day_cache,
+                )
                 continue
             if "(val)" in line:
                 header = _HEADER.search(line)
@@ -362,7 +504,7 @@ def read_mmengine_logs(paths: Iterable[Path]) -> TrainingLog:
         log.lines_read += number if text else 0
     if in_traceback:
         log.events.append(LogEvent("traceback", "traceback without a final exception line"))
-    log.train = train.arrays()
+    log.train = train.columns()
     log.val = val.arrays()
     _drop_superseded(log, log.train, count=True)
     _drop_superseded(log, log.val, count=False)
