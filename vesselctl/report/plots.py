@@ -30,13 +30,15 @@ class Curve:
     log: TrainingLog
 
 
-def _pyplot():
-    import matplotlib
+def _figure(width: float, height: float):
+    """A matplotlib Figure drawn by the Agg canvas; pyplot (and its GUI backend machinery,
+    about a second to import) is not needed to write PNGs."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    figure = Figure(figsize=(width, height))
+    FigureCanvasAgg(figure)
+    return figure
 
 
 def envelope(x: np.ndarray, y: np.ndarray, buckets: int = _MAX_POINTS) -> tuple[np.ndarray, ...]:
@@ -76,13 +78,13 @@ def _thin(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _png(fig) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=_DPI)
-    _pyplot().close(fig)
     return buffer.getvalue()
 
 
 def _colours(count: int) -> list:
-    plt = _pyplot()
-    cycle = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
+    import matplotlib
+
+    cycle = matplotlib.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
     return [cycle[i % len(cycle)] for i in range(count)]
 
 
@@ -123,12 +125,10 @@ def _widen_flat_axis(axis, curves: Sequence[Curve], column: str) -> None:
 
 
 def _grid(count: int, row_height: float = 2.6, columns: int = 2):
-    plt = _pyplot()
     columns = 1 if count == 1 else columns
     rows = (count + columns - 1) // columns
-    fig, axes = plt.subplots(
-        rows, columns, figsize=(_WIDTH_IN, max(row_height * rows, 2.8)), squeeze=False
-    )
+    fig = _figure(_WIDTH_IN, max(row_height * rows, 2.8))
+    axes = fig.subplots(rows, columns, squeeze=False)
     flat = list(axes.ravel())
     for axis in flat[count:]:
         axis.set_visible(False)
