@@ -109,7 +109,7 @@ def test_truncated_running_run_still_reports(tmp_path: Path) -> None:
         with_evaluation=False,
     )
     result = stage.run(_settings(runs=[run], out=tmp_path / "out"))
-    assert result.runs[0]["status"] == "incomplete"
+    assert result.runs[0]["status"] == "unknown"
     assert "last line is incomplete" in result.report_md.read_text()
 
 
@@ -128,3 +128,13 @@ def test_settings_errors() -> None:
         _settings(runs=["a", "b"], out="x", names=["n"])
     with pytest.raises(ConfigError, match="ema"):
         _settings(runs=["a"], out="x", ema=1.0)
+
+
+def test_epoch_based_log_finishes_on_zero_eta(tmp_path: Path) -> None:
+    log = write_mmengine_log(
+        tmp_path / "e.log", SyntheticRun(total_iters=60, log_interval=5, iters_per_epoch=20)
+    )
+    result = stage.run(_settings(runs=[log], out=tmp_path / "out"))
+    assert result.runs[0]["status"] == "finished"
+    md = result.report_md.read_text()
+    assert "| epoch | steps | records |" in md and "| 3 | 45-60 | 4 |" in md

@@ -300,12 +300,18 @@ def run_summary(
     elif tracebacks:
         status = "crashed"
         detail = f"stopped at step {steps_done}: {tracebacks[-1].message}"
+    elif max_steps is None:
+        status = "unknown"
+        detail = (
+            f"last logged step {steps_done}; the log does not state how many steps were planned "
+            "(epoch-based logs do not), so it cannot tell whether training ended"
+            + (" (its last line is cut off)" if truncated else "")
+        )
     else:
-        total = f" of {max_steps}" if max_steps else ""
         status = "incomplete"
         detail = (
-            f"last logged step {steps_done}{total}; the run is still going or stopped without a "
-            "traceback in the log" + (" (its last line is cut off)" if truncated else "")
+            f"last logged step {steps_done} of {max_steps}; the run is still going or stopped "
+            "without a traceback in the log" + (" (its last line is cut off)" if truncated else "")
         )
     wall = _wall_spans(log)
     wall_source = "log timestamps (sum over attempts)"

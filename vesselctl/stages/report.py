@@ -131,7 +131,7 @@ def _check_out_dir(out: Path, inputs: list[Path]) -> None:
 def _refine_status(summary: RunSummary, run: RunData) -> None:
     """A log without a total step count cannot show that training ended; the train stage's
     result.json (written last) or an ETA of zero on the last record can."""
-    if summary.status != "incomplete":
+    if summary.status not in ("incomplete", "unknown"):
         return
     if run.run_result is not None:
         stated = run.run_result.get("status")
