@@ -52,6 +52,8 @@ def test_mmengine_work_dir_with_iter_checkpoints(tmp_path: Path) -> None:
     (deepspeed / "checkpoint").mkdir(parents=True)
     (deepspeed / "checkpoint" / "mp_rank_00_model_states.pt").write_bytes(b"y" * 700)
     (work / "last_checkpoint").write_text(str(deepspeed))
+    (work / "20251123_091220" / "vis_data").mkdir()
+    (work / "20251123_091220" / "vis_data" / "config.py").write_text("lr = 2e-5\n")
     run = read_run(work)
     assert run.log.format == "mmengine" and len(run.log.sources) == 2
     assert run.log.restart_steps == [10]
@@ -59,7 +61,10 @@ def test_mmengine_work_dir_with_iter_checkpoints(tmp_path: Path) -> None:
         (50, 300, False),
         (100, 700, True),
     ]
-    assert run.config_files == [work / "sa2va_config.py"]
+    assert run.config_files == [
+        work / "sa2va_config.py",
+        work / "20251123_091220" / "vis_data" / "config.py",
+    ]
     assert any("environment provenance" in m for m in run.missing)
 
 

@@ -244,6 +244,13 @@ def _mmengine_logs_in(folder: Path) -> list[Path]:
     return sorted(logs, key=lambda p: (p.name, str(p)))
 
 
+def _work_dir_of(log_file: Path) -> Path | None:
+    """The work_dir of an mmengine log at ``<work_dir>/<timestamp>/<timestamp>.log``, else None."""
+    if log_file.parent.name == log_file.stem:
+        return log_file.parent.parent
+    return None
+
+
 def read_run(path: Path, exclude: Path | None = None) -> RunData:
     """Read one input (run folder, work_dir or log file) into :class:`RunData`.
 
@@ -291,11 +298,15 @@ def read_run(path: Path, exclude: Path | None = None) -> RunData:
         if result.is_file():
             run.run_result = _read_json(result, [], "train result")
     else:
-        # An mmengine work_dir keeps the config it ran (a .py file) at its top level.
-        top = folder if folder is not None else path.parent
-        run.config_files = sorted(p for p in top.glob("*.py") if p.is_file())[:3]
-        if folder is None and not run.config_files:
-            run.config_files = sorted(p for p in top.parent.glob("*.py") if p.is_file())[:3]
+        # mmengine keeps the config it ran at the top of the work_dir and as
+        # <timestamp>/vis_data/config.py; a log file sits in <work_dir>/<timestamp>/.
+        work_dir = folder if folder is not None else _work_dir_of(path)
+        candidates: list[Path] = []
+        if work_dir is not None:
+            candidates += sorted(work_dir.glob("*.py")) + sorted(work_dir.glob("*/vis_data/*.py"))
+        if folder is None:
+            candidates += sorted(path.parent.glob("vis_data/*.py"))
+        run.config_files = list(dict.fromkeys(p for p in candidates if p.is_file()))[:3]
         if not run.config_files:
             run.missing.append("training config (no *.py config next to the log)")
         run.missing.append("environment provenance (mmengine logs do not record it in a file)")
@@ -304,7 +315,9 @@ def read_run(path: Path, exclude: Path | None = None) -> RunData:
     if folder is not None:
         checkpoint_folders += [folder / "checkpoints", folder]
     else:
-        checkpoint_folders += [path.parent, path.parent.parent]
+        checkpoint_folders.append(path.parent)
+        if (work_dir_of_log := _work_dir_of(path)) is not None:
+            checkpoint_folders.append(work_dir_of_log)
     for event in log.events:
         if event.kind == "launch" and "saved to" in event.message:
             target = Path(event.message.split("saved to", 1)[1].strip().rstrip("."))
