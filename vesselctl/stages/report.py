@@ -9,7 +9,6 @@ files. Works on finished, crashed and still-running runs; says plainly what it c
 from __future__ import annotations
 
 import io
-import shutil
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -585,14 +584,15 @@ def run(settings: ReportSettings) -> ReportResult:
 
     # 6. Write: images first, then the documents, the numbers, and result.json last (its
     #    presence marks a complete report).
-    plots_dir = out / "plots"
-    if plots_dir.is_dir():
-        shutil.rmtree(plots_dir)
-    overlays_dir = out / "overlays"
-    if overlays_dir.is_dir():
-        shutil.rmtree(overlays_dir)
+    written = {out / image.file_name for image in [*plot_images, *overlay_images]}
     for image in [*plot_images, *overlay_images]:
         atomic_write_bytes(out / image.file_name, image.data)
+    if (out / "report.json").is_file():
+        # Re-reporting into the same folder: drop images of the previous report that this one
+        # no longer has (only PNGs in the two image folders a report writes).
+        for stale in [*out.glob("plots/*.png"), *out.glob("overlays/*.png")]:
+            if stale not in written:
+                stale.unlink()
     report_md = out / "report.md"
     report_html = out / "report.html"
     atomic_write_text(report_md, to_markdown(title, blocks))
