@@ -207,9 +207,12 @@ def _durations_or_nan(texts: tuple[str, ...]) -> np.ndarray:
     is not a number becomes NaN (one value at a time, the slow path)."""
     found = _DURATION.findall("\n".join(texts))
     if len(found) == len(texts):
-        parts = np.array(found, dtype=str).reshape(len(texts), 4)
-        parts[parts == ""] = "0"
-        d, h, m, sec = (parts[:, i].astype(np.int64) for i in range(4))
+        if not found:
+            return np.array([], dtype=float)
+        d, h, m, sec = (
+            np.fromiter(map(int, (t or "0" for t in column)), dtype=np.int64, count=len(found))
+            for column in zip(*found, strict=True)
+        )
         return (d * 86400 + h * 3600 + m * 60 + sec).astype(float)
     parsed = [_to_float(text) for text in texts]
     return np.array([np.nan if v is None else v for v in parsed], dtype=float)

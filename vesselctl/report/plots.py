@@ -77,7 +77,9 @@ def _thin(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _png(fig) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=_DPI)
+    # Light PNG compression: level 1 encodes several times faster than the default 6 for
+    # files about a third larger, which matters more for a report made on every check.
+    fig.savefig(buffer, format="png", dpi=_DPI, pil_kwargs={"compress_level": 1})
     return buffer.getvalue()
 
 
