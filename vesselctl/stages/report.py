@@ -377,8 +377,13 @@ def _anomaly_blocks(report: RunReport) -> list[Block]:
 
 def _checkpoint_blocks(report: RunReport) -> list[Block]:
     checkpoints = report.data.checkpoints
+    saved = [e.step for e in report.data.log.events if e.kind == "checkpoint" and e.step]
+    blocks: list[Block] = []
+    if saved:
+        steps = ", ".join(str(step) for step in saved[:30]) + (" ..." if len(saved) > 30 else "")
+        blocks.append(Paragraph(f"The log reports checkpoints saved at steps {steps}."))
     if not checkpoints:
-        return [Paragraph("No checkpoints found.")]
+        return [*blocks, Paragraph("No checkpoint files found on disk.")]
     rows = [
         [
             c.path.name + (f" ({', '.join(c.aliases)})" if c.aliases else ""),
@@ -391,11 +396,12 @@ def _checkpoint_blocks(report: RunReport) -> list[Block]:
     ]
     total = sum(c.size_bytes for c in checkpoints)
     return [
+        *blocks,
         Table(
             ["checkpoint", "step", "size on disk", "type", "path"],
             rows,
             f"{len(checkpoints)} checkpoint(s), {_size(total)} in all",
-        )
+        ),
     ]
 
 
