@@ -120,6 +120,11 @@ def test_evaluation_prefers_worst_overlays(tmp_path: Path) -> None:
     evaluation = read_evaluation(folder)
     assert len(evaluation.overlays) == 3
     assert all("worst" in p.name for p in evaluation.overlays)
+    assert evaluation.overlay_captions[evaluation.overlays[0]] == "worst 1: img_0000 (dice 0.52)"
+    rows = {r.name: r for r in evaluation.metrics}
+    assert (rows["macro.dice"].ci_low, rows["macro.dice"].ci_high) == (0.752, 0.807)
+    assert rows["micro.dice"].value == 0.79 and rows["threshold"].value == 0.5
+    assert "per_case" not in str(list(rows)) and "settings.threshold" not in rows
     assert json.loads((folder / "summary.json").read_text())["n_images"] == 20
 
 

@@ -23,7 +23,18 @@ METRICS_NAME = "metrics.jsonl"
 EVAL_SUMMARY_NAME = "summary.json"
 _CHECKPOINT_NAME = re.compile(r"^(iter|epoch|step|checkpoint|global_step|ckpt)[_-]?\d+", re.I)
 _LAST_NUMBER = re.compile(r"(\d+)(?!.*\d)")
-_SKIP_SUBTREES = {"settings", "versions", "packages", "run_info", "provenance", "policy", "env"}
+_SKIP_SUBTREES = {
+    "settings",
+    "versions",
+    "packages",
+    "run_info",
+    "provenance",
+    "policy",
+    "env",
+    "conventions",
+    "empty_policy",
+    "legend",
+}
 _MAX_METRIC_ROWS = 80
 _MAX_OVERLAYS = 6
 
@@ -59,6 +70,7 @@ class Evaluation:
     summary: dict[str, Any]
     metrics: list[MetricRow]
     overlays: list[Path]
+    overlay_captions: dict[Path, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -210,10 +222,37 @@ def read_evaluation(folder: Path) -> Evaluation:
     if not isinstance(summary, dict):
         raise ReportError(f"{summary_path}: expected a JSON object, found {type(summary).__name__}")
     base = summary_path.parent
-    pngs = sorted(p for p in base.rglob("*.png") if len(p.relative_to(base).parts) <= 3)
-    worst = [p for p in pngs if "worst" in str(p.relative_to(base)).lower()]
-    overlays = (worst or pngs)[:_MAX_OVERLAYS]
-    return Evaluation(base, summary, summary_metric_rows(summary), overlays)
+    overlays, captions = _listed_overlays(summary, base)
+    if not overlays:
+        pngs = sorted(p for p in base.rglob("*.png") if len(p.relative_to(base).parts) <= 3)
+        worst = [p for p in pngs if "worst" in str(p.relative_to(base)).lower()]
+        overlays = (worst or pngs)[:_MAX_OVERLAYS]
+    return Evaluation(base, summary, summary_metric_rows(summary), overlays, captions)
+
+
+def _listed_overlays(summary: dict[str, Any], base: Path) -> tuple[list[Path], dict[Path, str]]:
+    """Worst-case overlays as `vesselctl evaluate` lists them in summary.json:
+    ``"overlays": {"worst": [{"file": ..., "id": ..., "<metric>": value}, ...]}``."""
+    listed = summary.get("overlays")
+    worst = listed.get("worst") if isinstance(listed, dict) else None
+    if not isinstance(worst, list):
+        return [], {}
+    paths: list[Path] = []
+    captions: dict[Path, str] = {}
+    for rank, entry in enumerate(worst, start=1):
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+            continue
+        path = base / entry["file"]
+        if not path.is_file() or not path.resolve().is_relative_to(base.resolve()):
+            continue
+        scores = ", ".join(
+            f"{k} {v:.4g}" for k, v in entry.items() if _number(v) is not None and k != "rank"
+        )
+        captions[path] = f"worst {rank}: {entry.get('id', path.stem)}" + (
+            f" ({scores})" if scores else ""
+        )
+        paths.append(path)
+    return paths[:_MAX_OVERLAYS], captions
 
 
 def _find_evaluations(folder: Path, exclude: Path | None) -> list[Evaluation]:

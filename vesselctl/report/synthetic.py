@@ -255,27 +255,41 @@ def write_run_folder(
 
 
 def write_evaluation(folder: Path, n_overlays: int = 2) -> Path:
-    """Write an evaluation folder like `vesselctl evaluate` makes: summary.json and overlays."""
+    """Write an evaluation folder laid out as `vesselctl evaluate` writes it: summary.json
+    (macro mean/std/median/CI per metric, micro value/CI, listed worst-case overlays) and the
+    overlay PNGs."""
     from PIL import Image, ImageDraw
 
     folder = Path(folder)
     (folder / "overlays").mkdir(parents=True, exist_ok=True)
-    summary = {
-        "n_images": 20,
-        "threshold": 0.5,
-        "macro": {
-            "dice": {"mean": 0.781, "ci95": [0.752, 0.807], "std": 0.06},
-            "cldice": {"mean": 0.802, "ci95": [0.771, 0.829], "std": 0.05},
-            "hd95": {"mean": 12.4, "ci95": [10.1, 15.0], "std": 4.0},
-        },
-        "micro": {"dice": 0.79, "iou": 0.653},
-        "worst": [{"id": "img_0003", "dice": 0.52}, {"id": "img_0011", "dice": 0.61}],
-    }
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    worst = []
     for index in range(n_overlays):
         image = Image.new("RGB", (160, 120), (20, 20, 20))
         draw = ImageDraw.Draw(image)
         draw.line([(10, 100), (80, 20 + 20 * index), (150, 60)], fill=(0, 200, 0), width=5)
         draw.line([(10, 90), (70, 30), (150, 70)], fill=(220, 0, 0), width=3)
-        image.save(folder / "overlays" / f"worst_{index:02d}_img_{index:04d}.png")
+        name = f"overlays/worst_{index + 1:02d}_img_{index:04d}.png"
+        image.save(folder / name)
+        worst.append({"file": name, "id": f"img_{index:04d}", "dice": 0.52 + 0.05 * index})
+    summary = {
+        "n_images": 20,
+        "threshold": {"value": 0.5, "source": "default"},
+        "metrics": ["dice", "cldice", "hd95"],
+        "macro": {
+            "dice": {"mean": 0.781, "std": 0.06, "median": 0.79, "ci_low": 0.752, "ci_high": 0.807},
+            "cldice": {
+                "mean": 0.802,
+                "std": 0.05,
+                "median": 0.81,
+                "ci_low": 0.771,
+                "ci_high": 0.829,
+            },
+            "hd95": {"mean": 12.4, "std": 4.0, "median": 11.0, "ci_low": 10.1, "ci_high": 15.0},
+        },
+        "micro": {"dice": {"value": 0.79, "ci_low": 0.77, "ci_high": 0.81}},
+        "overlays": {"legend": {"tp": "green"}, "rank_by": "dice", "worst": worst, "best": []},
+        "per_case": [{"id": "img_0000", "dice": 0.52}],
+        "settings": {"threshold": 0.5},
+    }
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return folder

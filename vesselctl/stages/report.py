@@ -187,7 +187,8 @@ def _eval_headline(run: RunData) -> str:
     if not run.evaluations:
         return "none found"
     rows = run.evaluations[0].metrics
-    picked = [r for r in rows if r.ci_low is not None][:2] or rows[:2]
+    preferred = [r for name in ("macro.dice", "macro.cldice") for r in rows if r.name == name]
+    picked = preferred or [r for r in rows if r.ci_low is not None][:2] or rows[:2]
     parts = []
     for row in picked:
         ci = f" [{_fmt(row.ci_low)}, {_fmt(row.ci_high)}]" if row.ci_low is not None else ""
@@ -405,7 +406,7 @@ def _checkpoint_blocks(report: RunReport) -> list[Block]:
     ]
 
 
-def _overlay_image(path: Path, file_name: str) -> Image:
+def _overlay_image(path: Path, file_name: str, caption: str | None = None) -> Image:
     """An overlay PNG, scaled down for the page when it is wide."""
     from PIL import Image as PILImage
 
@@ -416,7 +417,7 @@ def _overlay_image(path: Path, file_name: str) -> Image:
             image = image.resize((_OVERLAY_MAX_WIDTH, height))
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
-    return Image(file_name, buffer.getvalue(), f"{path.name} (from {path.parent})")
+    return Image(file_name, buffer.getvalue(), caption or f"{path.name} (from {path.parent})")
 
 
 def _evaluation_blocks(report: RunReport, index: int) -> tuple[list[Block], list[Image]]:
@@ -433,12 +434,21 @@ def _evaluation_blocks(report: RunReport, index: int) -> tuple[list[Block], list
             ]
             for row in evaluation.metrics
         ]
+        bootstrap = evaluation.summary.get("bootstrap")
+        confidence = bootstrap.get("confidence") if isinstance(bootstrap, dict) else None
+        ci_header = (
+            f"{confidence * 100:g}% CI" if isinstance(confidence, int | float) else "CI (as given)"
+        )
         if rows:
-            blocks.append(Table(["metric", "value", "95% CI", "other"], rows))
+            blocks.append(Table(["metric", "value", ci_header, "other"], rows))
         else:
             blocks.append(Paragraph("The summary holds no numbers this report can read."))
         for number, overlay in enumerate(evaluation.overlays):
-            image = _overlay_image(overlay, f"overlays/run{index}_{number:02d}_{overlay.name}")
+            image = _overlay_image(
+                overlay,
+                f"overlays/run{index}_{number:02d}_{overlay.name}",
+                evaluation.overlay_captions.get(overlay),
+            )
             images.append(image)
         if evaluation.overlays:
             blocks.append(Paragraph("Worst cases (overlays from the evaluation):"))
