@@ -134,3 +134,23 @@ def test_metrics_jsonl_restart_and_timestamps(tmp_path: Path) -> None:
 def test_unreadable_input_is_a_report_error(tmp_path: Path) -> None:
     with pytest.raises(ReportError, match="not a file"):
         read_log_file(tmp_path)
+
+
+def test_console_capture_with_colours_and_rank_prefix(tmp_path: Path) -> None:
+    """stdout saved to a file: "%m/%d" timestamps, ANSI colour codes, torchrun rank prefixes."""
+    lines = [
+        "[rank0]:11/23 05:15:02 - \x1b[4m\x1b[97mmmengine\x1b[0m - \x1b[4m\x1b[97mINFO\x1b[0m - "
+        "Iter(train) [ 10/100]  lr: 2.0000e-05  eta: 0:10:00  time: 1.0000  data_time: 0.0100  "
+        "memory: 1024  loss: 2.0000",
+        "[rank0]:11/23 05:15:12 - \x1b[4m\x1b[97mmmengine\x1b[0m - \x1b[5m\x1b[4m\x1b[33mWARNING"
+        "\x1b[0m - careful",
+        "[rank0]:11/23 05:15:22 - mmengine - INFO - Iter(train) [ 20/100]  lr: 2.0000e-05  "
+        "eta: 0:09:00  time: 1.0000  data_time: 0.0100  memory: 1024  loss: 1.5000",
+    ]
+    path = tmp_path / "20251123_console.log"
+    path.write_text("\n".join(lines) + "\n")
+    log = read_log_file(path)
+    assert log.train["loss"].tolist() == [2.0, 1.5]
+    assert log.train["memory_gib"].tolist() == [1.0, 1.0]
+    assert log.train["timestamp"][1] - log.train["timestamp"][0] == 20
+    assert [e.kind for e in log.events] == ["warning"] and log.events[0].message == "careful"

@@ -34,6 +34,9 @@ _HEADER = re.compile(
 _TIMESTAMP = re.compile(r"^(?:(\d{4})/)?(\d{2})/(\d{2}) (\d{2}):(\d{2}):(\d{2})")
 # ``key: value`` pairs; eta is ``str(timedelta)`` so it may read "1 day, 2:03:04".
 _PAIR = re.compile(r"([A-Za-z_][\w./-]*): (-?\d+ days?, \d+:\d\d:\d\d|\S+)")
+# Console output saved to a file keeps mmengine's colour codes; torchrun may prefix "[rank0]:".
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_RANK_PREFIX = re.compile(r"^\[rank\d+\]:\s?", re.MULTILINE)
 _KEY = re.compile(r"[A-Za-z_][\w./-]*")
 _RESUMED = re.compile(r"resumed epoch: (\d+), iter: (\d+)")
 _SAVING = re.compile(r"Saving checkpoint at (\d+) (iterations|epochs)")
@@ -401,6 +404,10 @@ def read_mmengine_logs(paths: Iterable[Path]) -> TrainingLog:
             text = path.read_text(encoding="utf-8", errors="replace")
         except OSError as exc:
             raise ReportError(f"{path}: cannot read the log ({exc.strerror})") from exc
+        if "\x1b[" in text:
+            text = _ANSI.sub("", text)
+        if "[rank" in text:
+            text = _RANK_PREFIX.sub("", text)
         if text and not text.endswith("\n"):
             log.events.append(
                 LogEvent(
