@@ -79,6 +79,11 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:,.0f}"
 
 
+def _loss_value(value: float) -> str:
+    """Two decimals, as people write loss tables (13.76, 0.48); small values keep 3 digits."""
+    return f"{value:.2f}" if abs(value) >= 0.1 or value == 0 else f"{value:.3g}"
+
+
 def _pct(drop: float | None) -> str:
     """A drop in percent as words: positive drops read "down", negative ones "up"."""
     if drop is None:
@@ -253,9 +258,11 @@ def _summary_table(reports: list[RunReport]) -> Table:
         for report in reports:
             row = next((x for x in report.losses if x.name == name), None)
             cells.append(
-                "-" if row is None else f"{row.first:.4g} -> {row.last:.4g} ({_pct(row.drop_pct)})"
+                "-"
+                if row is None
+                else f"{_loss_value(row.first)} -> {_loss_value(row.last)} ({_pct(row.drop_pct)})"
             )
-        add(f"{name}: first -> last", cells)
+        add(f"{'total loss' if name == 'loss' else name}: first -> last", cells)
     val_names: list[str] = []
     for report in reports:
         val_names += [n for n in report.summary.val_best if n not in val_names]
