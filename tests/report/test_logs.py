@@ -35,6 +35,7 @@ def test_hand_written_mmengine_lines(tmp_path: Path) -> None:
     assert log.max_steps == 3672
     assert log.train["loss"].tolist() == [13.7612, 9.5]
     assert log.train["loss_mask"][0] == 4.8412 and math.isnan(log.train["loss_mask"][1])
+    assert not log.nonfinite("loss_mask").any()  # absent from line 2, not a NaN loss
     # Unknown keys pass through; mmengine's MB memory becomes GiB; eta becomes seconds.
     assert log.train["loss_new_term"][1] == 0.5 and log.train["grad_norm"][1] == 3.25
     assert log.train["base_lr"][1] == 1e-5 and log.train["lr"][1] == 2e-5
@@ -154,3 +155,16 @@ def test_console_capture_with_colours_and_rank_prefix(tmp_path: Path) -> None:
     assert log.train["memory_gib"].tolist() == [1.0, 1.0]
     assert log.train["timestamp"][1] - log.train["timestamp"][0] == 20
     assert [e.kind for e in log.events] == ["warning"] and log.events[0].message == "careful"
+
+
+def test_json_null_and_absent_keys_are_not_nan_losses(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(
+        '{"step": 1, "loss": 1.0, "grad_norm": null, "is_best": true, "note": "x"}\n'
+        '{"step": 2, "loss": NaN, "grad_norm": 2.5}\n'
+        '{"step": 3, "loss": 0.5, "extra_loss": 0.1}\n'
+    )
+    log = read_log_file(path)
+    assert "is_best" not in log.train and "note" not in log.train
+    assert log.nonfinite("loss").tolist() == [False, True, False]
+    assert not log.nonfinite("grad_norm").any() and not log.nonfinite("extra_loss").any()

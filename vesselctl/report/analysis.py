@@ -159,7 +159,7 @@ def loss_table(log: TrainingLog, window: int = 10) -> list[LossRow]:
                 minimum=float(x[low]),
                 minimum_step=int(s[low]),
                 records=int(x.size),
-                nonfinite=int((~mask).sum()),
+                nonfinite=int(log.nonfinite(name).sum()),
             )
         )
     return rows
@@ -429,7 +429,7 @@ def find_anomalies(
         values = log.train.get(name)
         if values is None or values.size == 0:
             continue
-        bad = ~_finite(values)
+        bad = log.nonfinite(name)
         if bad.any():
             where = np.flatnonzero(bad)
             kinds = sorted({"nan" if math.isnan(v) else "inf" for v in values[bad]})

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -76,6 +77,9 @@ class TrainingLog:
     events: list[LogEvent] = field(default_factory=list)
     max_steps: int | None = None
     steps_per_epoch: int | None = None
+    # Per train column, which records logged it: a key absent from a line (or null in JSON) is
+    # NaN in the column but not a NaN loss.
+    logged: dict[str, np.ndarray] = field(default_factory=dict)
     superseded: int = 0  # train records re-run after a restart and dropped from the curves
     restart_steps: list[int] = field(default_factory=list)  # step each later attempt resumed at
     lines_read: int = 0
@@ -83,6 +87,13 @@ class TrainingLog:
     @property
     def n_train(self) -> int:
         return len(self.train.get("step", ()))
+
+    def nonfinite(self, name: str) -> np.ndarray:
+        """Records where ``name`` was logged as NaN or inf (absent values do not count)."""
+        values = self.train[name]
+        logged = self.logged.get(name)
+        bad = ~np.isfinite(values)
+        return bad if logged is None else bad & logged
 
     def columns(self) -> list[str]:
         """Train columns other than the bookkeeping ones, in first-seen order."""
@@ -237,6 +248,7 @@ class _TrainLines:
         self.stamp_text: list[str] = []  # "YYYY/MM/DD HH:MM:SS" or "" (then see stamp_other)
         self.stamp_other: dict[int, float] = {}
         self.layouts: dict[tuple[str, ...], tuple[list[int], list]] = {}
+        self.logged: dict[str, np.ndarray] = {}
         self.checked: dict[tuple[str, ...], bool] = {}
 
     @property
@@ -343,7 +355,9 @@ class _TrainLines:
                 key = _MMENGINE_RENAME.get(key, key)
                 if key not in columns:
                     columns[key] = np.full(self.count, np.nan)
+                    self.logged[key] = np.zeros(self.count, dtype=bool)
                 columns[key][where] = values
+                self.logged[key][where] = True
         stamps = self._timestamps()
         if np.isfinite(stamps).any():
             columns["timestamp"] = stamps
@@ -370,6 +384,9 @@ def _drop_superseded(log: TrainingLog, columns: dict[str, np.ndarray], count: bo
     if not keep.all():
         for key in columns:
             columns[key] = columns[key][keep]
+        if count:
+            for key in log.logged:
+                log.logged[key] = log.logged[key][keep]
 
 
 def _note_restart(
@@ -515,6 +532,7 @@ def read_mmengine_logs(paths: Iterable[Path]) -> TrainingLog:
     if in_traceback:
         log.events.append(LogEvent("traceback", "traceback without a final exception line"))
     log.train = train.columns()
+    log.logged = train.logged
     log.val = val.arrays()
     _drop_superseded(log, log.train, count=True)
     _drop_superseded(log, log.val, count=False)
@@ -538,6 +556,55 @@ def _iso_seconds(value: object) -> float | None:
     return None
 
 
+class _JsonRecords:
+    """metrics.jsonl records grouped by key tuple and converted per column at the end (C-level
+    ``map(float, ...)``), instead of a Python loop over every value of every line."""
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple[str, ...], tuple[list[int], list[tuple[Any, ...]]]] = {}
+        self.attempts: list[float] = []
+        self.logged: dict[str, np.ndarray] = {}
+
+    def add(self, item: dict[str, Any], attempt: int) -> None:
+        keys = tuple(item)
+        group = self.groups.get(keys)
+        if group is None:
+            group = self.groups[keys] = ([], [])
+        group[0].append(len(self.attempts))
+        group[1].append(tuple(item.values()))
+        self.attempts.append(float(attempt))
+
+    def columns(self) -> dict[str, np.ndarray]:
+        count = len(self.attempts)
+        columns: dict[str, np.ndarray] = {}
+        for keys, (indices, rows) in self.groups.items():
+            where = np.asarray(indices, dtype=np.int64)
+            for key, values in zip(keys, zip(*rows, strict=True), strict=True):
+                if key in ("split", "max_steps"):
+                    continue
+                if key in _TIME_KEYS:
+                    seconds = [_iso_seconds(v) for v in values]
+                    key = "timestamp"
+                    converted = np.array([np.nan if v is None else v for v in seconds])
+                elif set(map(type, values)) <= {int, float}:
+                    converted = np.fromiter(map(float, values), dtype=float, count=len(values))
+                else:  # text, booleans, nulls: keep the numbers, NaN elsewhere
+                    converted = np.array(
+                        [float(v) if type(v) in (int, float) else np.nan for v in values]
+                    )
+                    if np.isnan(converted).all():
+                        continue
+                if key not in columns:
+                    columns[key] = np.full(count, np.nan)
+                    self.logged[key] = np.zeros(count, dtype=bool)
+                columns[key][where] = converted
+                # JSON null is "not logged"; a NaN token is a logged NaN.
+                self.logged[key][where] = [v is not None for v in values]
+        if count:
+            columns["attempt"] = np.asarray(self.attempts, dtype=float)
+        return columns
+
+
 def read_metrics_jsonl(path: Path) -> TrainingLog:
     """Parse vesselctl's ``metrics.jsonl``: one JSON object per line, ``"split": "val"`` for
     validation. Lines that are not JSON objects are skipped and reported (a crashed or running
@@ -550,11 +617,11 @@ def read_metrics_jsonl(path: Path) -> TrainingLog:
         raise ReportError(f"{path}: cannot read the metrics file ({exc.strerror})") from exc
     lines = text.splitlines()
     log.lines_read = len(lines)
-    train, val = _ColumnBuilder(), _ColumnBuilder()
+    train, val = _JsonRecords(), _JsonRecords()
     bad_lines: list[int] = []
     last_step = -math.inf
     for number, line in enumerate(lines, start=1):
-        if not line.strip():
+        if not line or line.isspace():
             continue
         try:
             item = json.loads(line)
@@ -574,32 +641,20 @@ def read_metrics_jsonl(path: Path) -> TrainingLog:
             else:
                 bad_lines.append(number)
             continue
-        record: dict[str, float] = {}
-        for key, value in item.items():
-            if key in _TIME_KEYS:
-                seconds = _iso_seconds(value)
-                if seconds is not None:
-                    record["timestamp"] = seconds
-            elif isinstance(value, int | float) and not isinstance(value, bool):
-                record[key] = float(value)
-        if "step" not in record:
+        step = item.get("step")
+        if type(step) not in (int, float):  # also rejects booleans and missing steps
             bad_lines.append(number)
             continue
-        if isinstance(item.get("max_steps"), int):
+        if type(item.get("max_steps")) is int:
             log.max_steps = int(item["max_steps"])
-        record.pop("max_steps", None)
         split = item.get("split", "train")
         if split == "train":
-            step = record["step"]
             if step <= last_step:
                 _note_restart(log, number, last_step, step, path.name)
             last_step = step
-            record["attempt"] = float(len(log.restart_steps))
-            train.add(record)
+            train.add(item, len(log.restart_steps))
         elif split == "val":
-            record.pop("split", None)
-            record["attempt"] = float(len(log.restart_steps))
-            val.add(record)
+            val.add(item, len(log.restart_steps))
     if bad_lines:
         shown = ", ".join(str(n) for n in bad_lines[:10])
         more = f" and {len(bad_lines) - 10} more" if len(bad_lines) > 10 else ""
@@ -611,8 +666,9 @@ def read_metrics_jsonl(path: Path) -> TrainingLog:
                 source=path.name,
             )
         )
-    log.train = train.arrays()
-    log.val = val.arrays()
+    log.train = train.columns()
+    log.logged = train.logged
+    log.val = val.columns()
     _drop_superseded(log, log.train, count=True)
     _drop_superseded(log, log.val, count=False)
     return log

@@ -96,8 +96,8 @@ def _mark_events(axis, curve: Curve, colour) -> None:
         axis.axvline(step, color=colour, linestyle="--", linewidth=0.8, alpha=0.7)
 
 
-def _mark_nonfinite(axis, steps: np.ndarray, values: np.ndarray, colour) -> None:
-    bad = ~np.isfinite(values)
+def _mark_nonfinite(axis, steps: np.ndarray, bad: np.ndarray) -> None:
+    """Logged NaN/inf values as red crosses on the x axis."""
     if bad.any():
         axis.plot(
             steps[bad],
@@ -190,7 +190,7 @@ def plot_series(
                 xs, ys = envelope(steps, values)
                 axis.plot(xs, ys, color=colour, linewidth=1.2, label=curve.name)
             _mark_events(axis, curve, colour)
-            _mark_nonfinite(axis, steps, values, colour)
+            _mark_nonfinite(axis, steps, curve.log.nonfinite(column))
         label = (ylabels or {}).get(column, column)
         axis.set_title(label, fontsize=10)
         if column in log_y:
