@@ -168,3 +168,23 @@ def test_json_null_and_absent_keys_are_not_nan_losses(tmp_path: Path) -> None:
     assert "is_best" not in log.train and "note" not in log.train
     assert log.nonfinite("loss").tolist() == [False, True, False]
     assert not log.nonfinite("grad_norm").any() and not log.nonfinite("extra_loss").any()
+
+
+def test_environment_and_config_blocks_are_read(tmp_path: Path) -> None:
+    """mmengine prints its environment and the config at every launch; the first is kept and a
+    changed config is reported."""
+    run = SyntheticRun(total_iters=100, crash_at=50, restart_from=30)
+    path = write_mmengine_log(tmp_path / "20251123_051220.log", run)
+    log = read_log_file(path)
+    assert log.environment["PyTorch"] == "2.1.2+cu121"
+    assert log.environment["GPU number"] == "4"
+    assert "PyTorch built with" in log.environment["PyTorch compiling details"]
+    assert "- GCC 9.3" not in str(log.environment)
+    assert log.config_text.startswith("model = dict(") and log.config_text.endswith("lr = 2e-05")
+    assert not any("differs" in e.message for e in log.events)
+    text = path.read_text().replace("lr = 2e-05", "lr = 1e-05", 2)
+    text = text.replace("lr = 1e-05", "lr = 2e-05", 1)  # only the second launch changed
+    path.write_text(text)
+    changed = read_log_file(path)
+    assert changed.config_text.endswith("lr = 2e-05")
+    assert any("launch(es) 2 differs" in e.message for e in changed.events)

@@ -65,7 +65,8 @@ def test_mmengine_work_dir_with_iter_checkpoints(tmp_path: Path) -> None:
         work / "sa2va_config.py",
         work / "20251123_091220" / "vis_data" / "config.py",
     ]
-    assert any("environment provenance" in m for m in run.missing)
+    assert run.missing == []  # environment and config are printed in the log itself
+    assert run.log.environment["MMEngine"] == "0.10.3"
 
 
 def test_single_log_file_looks_beside_it(tmp_path: Path) -> None:
@@ -74,7 +75,15 @@ def test_single_log_file_looks_beside_it(tmp_path: Path) -> None:
     run = read_run(log)
     assert run.name == "20251123_051220" and run.folder is None
     assert [c.step for c in run.checkpoints] == [200]
-    assert any("training config" in m for m in run.missing)
+    assert run.config_files == [] and run.log.config_text is not None
+    assert not any("training config" in m for m in run.missing)
+    bare = tmp_path / "bare.log"
+    bare.write_text(
+        "\n".join(line for line in log.read_text().splitlines() if "(train)" in line) + "\n"
+    )
+    missing = read_run(bare).missing
+    assert any("training config" in m for m in missing)
+    assert any("environment provenance" in m for m in missing)
 
 
 def test_missing_inputs_are_clear_errors(tmp_path: Path) -> None:

@@ -432,8 +432,19 @@ def _provenance_blocks(report: RunReport) -> list[Block]:
                     ]
                 )
         blocks.append(Table(["environment", "value"], env_rows))
+    if run.log.environment:
+        # mmengine's own "System environment" / "Runtime environment" block.
+        env_rows = [[key, value[:200]] for key, value in run.log.environment.items()]
+        blocks.append(Table(["environment (from the log)", "value"], env_rows))
     if run.settings_text is not None:
         blocks.append(Details(f"settings ({run.settings_path})", [Code(run.settings_text, "yaml")]))
+    if run.log.config_text and not run.config_files:
+        blocks.append(
+            Details(
+                "training config (printed at the start of the log)",
+                [Code(run.log.config_text, "python")],
+            )
+        )
     for config in run.config_files:
         lines = config.read_text(encoding="utf-8", errors="replace").splitlines()
         shown = "\n".join(lines[:300]) + ("\n# ... (cut at 300 lines)" if len(lines) > 300 else "")

@@ -38,6 +38,7 @@ _PAIR = re.compile(r"([A-Za-z_][\w./-]*): (-?\d+ days?, \d+:\d\d:\d\d|\S+)")
 # Console output saved to a file keeps mmengine's colour codes; torchrun may prefix "[rank0]:".
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _RANK_PREFIX = re.compile(r"^\[rank\d+\]:\s?", re.MULTILINE)
+_MAX_CONFIG_LINES = 2000
 _KEY = re.compile(r"[A-Za-z_][\w./-]*")
 _RESUMED = re.compile(r"resumed epoch: (\d+), iter: (\d+)")
 _SAVING = re.compile(r"Saving checkpoint at (\d+) (iterations|epochs)")
@@ -81,6 +82,8 @@ class TrainingLog:
     # NaN in the column but not a NaN loss.
     logged: dict[str, np.ndarray] = field(default_factory=dict)
     superseded: int = 0  # train records re-run after a restart and dropped from the curves
+    environment: dict[str, str] = field(default_factory=dict)  # mmengine's environment block
+    config_text: str | None = None  # the config mmengine prints at start ("Config:")
     restart_steps: list[int] = field(default_factory=list)  # step each later attempt resumed at
     lines_read: int = 0
 
@@ -415,6 +418,9 @@ def read_mmengine_logs(paths: Iterable[Path]) -> TrainingLog:
     day_cache: dict[str, float] = {}
     in_traceback = False
     relaunched = False
+    block: str | None = None  # "environment" or "config" while reading those multi-line dumps
+    first_launch_env = True
+    configs: list[list[str]] = []  # the config printed by each launch
     for path in paths:
         year_hint = int(m.group(1)) if (m := re.search(r"(20\d\d)", path.name)) else 2000
         try:
@@ -435,6 +441,33 @@ def read_mmengine_logs(paths: Iterable[Path]) -> TrainingLog:
                 )
             )
         for number, line in enumerate(text.splitlines(), start=1):
+            if block is not None:
+                # Inside the environment block or the config dump mmengine prints at start:
+                # it ends at the dash line or the next timestamped log line.
+                if line.startswith("-----") or _TIMESTAMP.match(line):
+                    block = None
+                    if line.startswith("-----"):
+                        continue
+                elif block == "config":
+                    if len(configs[-1]) < _MAX_CONFIG_LINES:
+                        configs[-1].append(line)
+                    continue
+                else:
+                    if line.startswith("    ") and not line.startswith("     "):
+                        key, sep, value = line.strip().partition(": ")
+                        if sep and first_launch_env:
+                            log.environment.setdefault(key, value.strip())
+                    elif line.strip() in ("System environment:", "Runtime environment:"):
+                        pass
+                    continue
+            if line.strip() in ("System environment:", "Runtime environment:"):
+                block = "environment"
+                first_launch_env = not train.count
+                continue
+            if line.endswith(" - INFO - Config:"):
+                block = "config"
+                configs.append([])
+                continue
             if in_traceback:
                 if line[:1] in (" ", "\t") or not line.strip() or line.startswith("Traceback"):
                     continue
@@ -531,6 +564,21 @@ def read_mmengine_logs(paths: Iterable[Path]) -> TrainingLog:
         log.lines_read += number if text else 0
     if in_traceback:
         log.events.append(LogEvent("traceback", "traceback without a final exception line"))
+    if configs:
+        log.config_text = "\n".join(configs[0]).rstrip() + (
+            f"\n# ... (cut at {_MAX_CONFIG_LINES} lines)"
+            if len(configs[0]) >= _MAX_CONFIG_LINES
+            else ""
+        )
+        changed = [i + 1 for i, c in enumerate(configs) if c != configs[0]]
+        if changed:
+            log.events.append(
+                LogEvent(
+                    "warning",
+                    f"the config printed by launch(es) {', '.join(map(str, changed))} differs "
+                    "from the first launch's; the report shows the first",
+                )
+            )
     log.train = train.columns()
     log.logged = train.logged
     log.val = val.arrays()

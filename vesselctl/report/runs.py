@@ -346,9 +346,10 @@ def read_run(path: Path, exclude: Path | None = None) -> RunData:
         if folder is None:
             candidates += sorted(path.parent.glob("vis_data/*.py"))
         run.config_files = list(dict.fromkeys(p for p in candidates if p.is_file()))[:3]
-        if not run.config_files:
-            run.missing.append("training config (no *.py config next to the log)")
-        run.missing.append("environment provenance (mmengine logs do not record it in a file)")
+        if not run.config_files and log.config_text is None:
+            run.missing.append("training config (none printed in the log, no *.py beside it)")
+        if not log.environment:
+            run.missing.append("environment provenance (no 'System environment' block in the log)")
 
     checkpoint_folders: list[Path] = []
     if folder is not None:

@@ -22,6 +22,32 @@ import yaml
 USER_FIRST = {"loss_mask": 4.8412, "loss_dice": 1.0000, "llm_loss": 7.9200}
 USER_LAST = {"loss_mask": 0.4812, "loss_dice": 0.3105, "llm_loss": 0.2843}
 WORK_DIR = "/work_dirs/sa2va_vessels"
+# The blocks mmengine's Runner prints at start (Runner._log_env, then the config).
+_ENVIRONMENT = (
+    "-" * 60,
+    "System environment:",
+    "    sys.platform: linux",
+    "    Python: 3.10.12 (main, Nov 20 2023, 15:14:05) [GCC 11.4.0]",
+    "    CUDA available: True",
+    "    GPU 0,1,2,3: NVIDIA A10",
+    "    PyTorch: 2.1.2+cu121",
+    "    PyTorch compiling details: PyTorch built with:",
+    "      - GCC 9.3",
+    "    MMEngine: 0.10.3",
+    "",
+    "Runtime environment:",
+    "    launcher: pytorch",
+    "    GPU number: 4",
+    "-" * 60,
+    "",
+)
+_CONFIG = (
+    "model = dict(",
+    "    type='Sa2VAModel',",
+    "    lora=dict(r=64, lora_alpha=128))",
+    "lr = 2e-05",
+    "",
+)
 _TRACEBACK = (
     "Traceback (most recent call last):",
     '  File "tools/train.py", line 10, in <module>',
@@ -86,8 +112,9 @@ def write_mmengine_log(path: Path, run: SyntheticRun | None = None) -> Path:
     iters = np.arange(run.log_interval, last_iter + 1, run.log_interval)
     values = _loss_values(run, iters)
     rng = np.random.default_rng(run.seed + 1)
-    jitter = 1.0 + 0.03 * rng.standard_normal(2 * len(iters) + 1)
-    memory_extra = rng.integers(0, 700, 2 * len(iters) + 1)
+    records = 2 * (run.total_iters // run.log_interval) + 2  # a restart logs steps twice
+    jitter = 1.0 + 0.03 * rng.standard_normal(records)
+    memory_extra = rng.integers(0, 700, records)
     lines: list[str] = []
     clock = run.start
 
@@ -95,7 +122,10 @@ def write_mmengine_log(path: Path, run: SyntheticRun | None = None) -> Path:
         return clock.strftime("%Y/%m/%d %H:%M:%S")
 
     def header() -> None:
-        lines.append(f"{stamp()} - mmengine - INFO - Config:\nmodel = dict(type='Sa2VAModel')")
+        lines.append(f"{stamp()} - mmengine - INFO - ")
+        lines.extend(_ENVIRONMENT)
+        lines.append(f"{stamp()} - mmengine - INFO - Config:")
+        lines.extend(_CONFIG)
         lines.append(f"{stamp()} - mmengine - WARNING - The prefix is not set in metric class.")
         lines.append(f"{stamp()} - mmengine - INFO - Checkpoints will be saved to {WORK_DIR}.")
 
