@@ -460,14 +460,6 @@ def read_mmengine_logs(paths: Iterable[Path]) -> TrainingLog:
                     elif line.strip() in ("System environment:", "Runtime environment:"):
                         pass
                     continue
-            if line.strip() in ("System environment:", "Runtime environment:"):
-                block = "environment"
-                first_launch_env = not train.count
-                continue
-            if line.endswith(" - INFO - Config:"):
-                block = "config"
-                configs.append([])
-                continue
             if in_traceback:
                 if line[:1] in (" ", "\t") or not line.strip() or line.startswith("Traceback"):
                     continue
@@ -526,6 +518,14 @@ def read_mmengine_logs(paths: Iterable[Path]) -> TrainingLog:
                 continue
             if line.startswith("Traceback (most recent call last)"):
                 in_traceback = True
+                continue
+            if line.strip() in ("System environment:", "Runtime environment:"):
+                block = "environment"
+                first_launch_env = not train.count
+                continue
+            if line.endswith(" - INFO - Config:"):
+                block = "config"
+                configs.append([])
                 continue
             if "Checkpoints will be saved to" in line:
                 relaunched = train.count > 0
