@@ -173,3 +173,12 @@ def test_format_duration() -> None:
     assert format_duration(3723) == "01:02:03"
     assert format_duration(90000) == "1d 01:00:00"
     assert format_duration(None) == "-"
+
+
+@pytest.mark.parametrize("alpha", [0.1, 0.9, 0.999])
+def test_ema_matches_scipy_linear_filter(alpha: float) -> None:
+    from scipy.signal import lfilter
+
+    x = np.random.default_rng(1).random(5000) * 10
+    reference = lfilter([1 - alpha], [1, -alpha], x) / (1 - alpha ** np.arange(1, x.size + 1))
+    np.testing.assert_allclose(ema(x, alpha), reference, rtol=1e-12)

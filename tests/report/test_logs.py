@@ -35,6 +35,7 @@ def test_hand_written_mmengine_lines(tmp_path: Path) -> None:
     assert log.max_steps == 3672
     assert log.train["loss"].tolist() == [13.7612, 9.5]
     assert log.train["loss_mask"][0] == 4.8412 and math.isnan(log.train["loss_mask"][1])
+    assert not log.nonfinite("loss_mask").any()  # absent from line 2, not a NaN loss
     # Unknown keys pass through; mmengine's MB memory becomes GiB; eta becomes seconds.
     assert log.train["loss_new_term"][1] == 0.5 and log.train["grad_norm"][1] == 3.25
     assert log.train["base_lr"][1] == 1e-5 and log.train["lr"][1] == 2e-5
@@ -134,3 +135,56 @@ def test_metrics_jsonl_restart_and_timestamps(tmp_path: Path) -> None:
 def test_unreadable_input_is_a_report_error(tmp_path: Path) -> None:
     with pytest.raises(ReportError, match="not a file"):
         read_log_file(tmp_path)
+
+
+def test_console_capture_with_colours_and_rank_prefix(tmp_path: Path) -> None:
+    """stdout saved to a file: "%m/%d" timestamps, ANSI colour codes, torchrun rank prefixes."""
+    lines = [
+        "[rank0]:11/23 05:15:02 - \x1b[4m\x1b[97mmmengine\x1b[0m - \x1b[4m\x1b[97mINFO\x1b[0m - "
+        "Iter(train) [ 10/100]  lr: 2.0000e-05  eta: 0:10:00  time: 1.0000  data_time: 0.0100  "
+        "memory: 1024  loss: 2.0000",
+        "[rank0]:11/23 05:15:12 - \x1b[4m\x1b[97mmmengine\x1b[0m - \x1b[5m\x1b[4m\x1b[33mWARNING"
+        "\x1b[0m - careful",
+        "[rank0]:11/23 05:15:22 - mmengine - INFO - Iter(train) [ 20/100]  lr: 2.0000e-05  "
+        "eta: 0:09:00  time: 1.0000  data_time: 0.0100  memory: 1024  loss: 1.5000",
+    ]
+    path = tmp_path / "20251123_console.log"
+    path.write_text("\n".join(lines) + "\n")
+    log = read_log_file(path)
+    assert log.train["loss"].tolist() == [2.0, 1.5]
+    assert log.train["memory_gib"].tolist() == [1.0, 1.0]
+    assert log.train["timestamp"][1] - log.train["timestamp"][0] == 20
+    assert [e.kind for e in log.events] == ["warning"] and log.events[0].message == "careful"
+
+
+def test_json_null_and_absent_keys_are_not_nan_losses(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(
+        '{"step": 1, "loss": 1.0, "grad_norm": null, "is_best": true, "note": "x"}\n'
+        '{"step": 2, "loss": NaN, "grad_norm": 2.5}\n'
+        '{"step": 3, "loss": 0.5, "extra_loss": 0.1}\n'
+    )
+    log = read_log_file(path)
+    assert "is_best" not in log.train and "note" not in log.train
+    assert log.nonfinite("loss").tolist() == [False, True, False]
+    assert not log.nonfinite("grad_norm").any() and not log.nonfinite("extra_loss").any()
+
+
+def test_environment_and_config_blocks_are_read(tmp_path: Path) -> None:
+    """mmengine prints its environment and the config at every launch; the first is kept and a
+    changed config is reported."""
+    run = SyntheticRun(total_iters=100, crash_at=50, restart_from=30)
+    path = write_mmengine_log(tmp_path / "20251123_051220.log", run)
+    log = read_log_file(path)
+    assert log.environment["PyTorch"] == "2.1.2+cu121"
+    assert log.environment["GPU number"] == "4"
+    assert "PyTorch built with" in log.environment["PyTorch compiling details"]
+    assert "- GCC 9.3" not in str(log.environment)
+    assert log.config_text.startswith("model = dict(") and log.config_text.endswith("lr = 2e-05")
+    assert not any("differs" in e.message for e in log.events)
+    text = path.read_text().replace("lr = 2e-05", "lr = 1e-05", 2)
+    text = text.replace("lr = 1e-05", "lr = 2e-05", 1)  # only the second launch changed
+    path.write_text(text)
+    changed = read_log_file(path)
+    assert changed.config_text.endswith("lr = 2e-05")
+    assert any("launch(es) 2 differs" in e.message for e in changed.events)

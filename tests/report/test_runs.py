@@ -52,6 +52,8 @@ def test_mmengine_work_dir_with_iter_checkpoints(tmp_path: Path) -> None:
     (deepspeed / "checkpoint").mkdir(parents=True)
     (deepspeed / "checkpoint" / "mp_rank_00_model_states.pt").write_bytes(b"y" * 700)
     (work / "last_checkpoint").write_text(str(deepspeed))
+    (work / "20251123_091220" / "vis_data").mkdir()
+    (work / "20251123_091220" / "vis_data" / "config.py").write_text("lr = 2e-5\n")
     run = read_run(work)
     assert run.log.format == "mmengine" and len(run.log.sources) == 2
     assert run.log.restart_steps == [10]
@@ -59,8 +61,12 @@ def test_mmengine_work_dir_with_iter_checkpoints(tmp_path: Path) -> None:
         (50, 300, False),
         (100, 700, True),
     ]
-    assert run.config_files == [work / "sa2va_config.py"]
-    assert any("environment provenance" in m for m in run.missing)
+    assert run.config_files == [
+        work / "sa2va_config.py",
+        work / "20251123_091220" / "vis_data" / "config.py",
+    ]
+    assert run.missing == []  # environment and config are printed in the log itself
+    assert run.log.environment["MMEngine"] == "0.10.3"
 
 
 def test_single_log_file_looks_beside_it(tmp_path: Path) -> None:
@@ -69,7 +75,15 @@ def test_single_log_file_looks_beside_it(tmp_path: Path) -> None:
     run = read_run(log)
     assert run.name == "20251123_051220" and run.folder is None
     assert [c.step for c in run.checkpoints] == [200]
-    assert any("training config" in m for m in run.missing)
+    assert run.config_files == [] and run.log.config_text is not None
+    assert not any("training config" in m for m in run.missing)
+    bare = tmp_path / "bare.log"
+    bare.write_text(
+        "\n".join(line for line in log.read_text().splitlines() if "(train)" in line) + "\n"
+    )
+    missing = read_run(bare).missing
+    assert any("training config" in m for m in missing)
+    assert any("environment provenance" in m for m in missing)
 
 
 def test_missing_inputs_are_clear_errors(tmp_path: Path) -> None:
@@ -115,6 +129,11 @@ def test_evaluation_prefers_worst_overlays(tmp_path: Path) -> None:
     evaluation = read_evaluation(folder)
     assert len(evaluation.overlays) == 3
     assert all("worst" in p.name for p in evaluation.overlays)
+    assert evaluation.overlay_captions[evaluation.overlays[0]] == "worst 1: img_0000 (dice 0.52)"
+    rows = {r.name: r for r in evaluation.metrics}
+    assert (rows["macro.dice"].ci_low, rows["macro.dice"].ci_high) == (0.752, 0.807)
+    assert rows["micro.dice"].value == 0.79 and rows["threshold"].value == 0.5
+    assert "per_case" not in str(list(rows)) and "settings.threshold" not in rows
     assert json.loads((folder / "summary.json").read_text())["n_images"] == 20
 
 

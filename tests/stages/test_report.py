@@ -51,6 +51,12 @@ def test_run_folder_report(tmp_path: Path) -> None:
     md = result.report_md.read_text()
     assert md.startswith("# Vessels\n")
     assert "| loss | 13.7612 (step 10) | 1.0760 (step 300) | down 92.2% |" in md
+    # The user's hand-written table: Total 13.76 -> 1.08 (down 92.2%); mask 4.84 -> 0.48;
+    # dice 1.00 -> 0.31; LLM 7.92 -> 0.28.
+    assert "| total loss: first -> last | 13.76 -> 1.08 (down 92.2%) |" in md
+    assert "| loss_mask: first -> last | 4.84 -> 0.48 (down 90.1%) |" in md
+    assert "| loss_dice: first -> last | 1.00 -> 0.31 (down 69.0%) |" in md
+    assert "| llm_loss: first -> last | 7.92 -> 0.28 (down 96.4%) |" in md
     assert "![" in md and "(plots/losses.png)" in md
     assert "macro.dice | 0.781 | [0.752, 0.807]" in md
     assert "no evaluation found" not in md.lower()
@@ -109,7 +115,7 @@ def test_truncated_running_run_still_reports(tmp_path: Path) -> None:
         with_evaluation=False,
     )
     result = stage.run(_settings(runs=[run], out=tmp_path / "out"))
-    assert result.runs[0]["status"] == "incomplete"
+    assert result.runs[0]["status"] == "unknown"
     assert "last line is incomplete" in result.report_md.read_text()
 
 
@@ -128,3 +134,13 @@ def test_settings_errors() -> None:
         _settings(runs=["a", "b"], out="x", names=["n"])
     with pytest.raises(ConfigError, match="ema"):
         _settings(runs=["a"], out="x", ema=1.0)
+
+
+def test_epoch_based_log_finishes_on_zero_eta(tmp_path: Path) -> None:
+    log = write_mmengine_log(
+        tmp_path / "e.log", SyntheticRun(total_iters=60, log_interval=5, iters_per_epoch=20)
+    )
+    result = stage.run(_settings(runs=[log], out=tmp_path / "out"))
+    assert result.runs[0]["status"] == "finished"
+    md = result.report_md.read_text()
+    assert "| epoch | steps | records |" in md and "| 3 | 45-60 | 4 |" in md

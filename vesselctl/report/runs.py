@@ -23,7 +23,18 @@ METRICS_NAME = "metrics.jsonl"
 EVAL_SUMMARY_NAME = "summary.json"
 _CHECKPOINT_NAME = re.compile(r"^(iter|epoch|step|checkpoint|global_step|ckpt)[_-]?\d+", re.I)
 _LAST_NUMBER = re.compile(r"(\d+)(?!.*\d)")
-_SKIP_SUBTREES = {"settings", "versions", "packages", "run_info", "provenance", "policy", "env"}
+_SKIP_SUBTREES = {
+    "settings",
+    "versions",
+    "packages",
+    "run_info",
+    "provenance",
+    "policy",
+    "env",
+    "conventions",
+    "empty_policy",
+    "legend",
+}
 _MAX_METRIC_ROWS = 80
 _MAX_OVERLAYS = 6
 
@@ -59,6 +70,7 @@ class Evaluation:
     summary: dict[str, Any]
     metrics: list[MetricRow]
     overlays: list[Path]
+    overlay_captions: dict[Path, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -210,10 +222,37 @@ def read_evaluation(folder: Path) -> Evaluation:
     if not isinstance(summary, dict):
         raise ReportError(f"{summary_path}: expected a JSON object, found {type(summary).__name__}")
     base = summary_path.parent
-    pngs = sorted(p for p in base.rglob("*.png") if len(p.relative_to(base).parts) <= 3)
-    worst = [p for p in pngs if "worst" in str(p.relative_to(base)).lower()]
-    overlays = (worst or pngs)[:_MAX_OVERLAYS]
-    return Evaluation(base, summary, summary_metric_rows(summary), overlays)
+    overlays, captions = _listed_overlays(summary, base)
+    if not overlays:
+        pngs = sorted(p for p in base.rglob("*.png") if len(p.relative_to(base).parts) <= 3)
+        worst = [p for p in pngs if "worst" in str(p.relative_to(base)).lower()]
+        overlays = (worst or pngs)[:_MAX_OVERLAYS]
+    return Evaluation(base, summary, summary_metric_rows(summary), overlays, captions)
+
+
+def _listed_overlays(summary: dict[str, Any], base: Path) -> tuple[list[Path], dict[Path, str]]:
+    """Worst-case overlays as `vesselctl evaluate` lists them in summary.json:
+    ``"overlays": {"worst": [{"file": ..., "id": ..., "<metric>": value}, ...]}``."""
+    listed = summary.get("overlays")
+    worst = listed.get("worst") if isinstance(listed, dict) else None
+    if not isinstance(worst, list):
+        return [], {}
+    paths: list[Path] = []
+    captions: dict[Path, str] = {}
+    for rank, entry in enumerate(worst, start=1):
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+            continue
+        path = base / entry["file"]
+        if not path.is_file() or not path.resolve().is_relative_to(base.resolve()):
+            continue
+        scores = ", ".join(
+            f"{k} {v:.4g}" for k, v in entry.items() if _number(v) is not None and k != "rank"
+        )
+        captions[path] = f"worst {rank}: {entry.get('id', path.stem)}" + (
+            f" ({scores})" if scores else ""
+        )
+        paths.append(path)
+    return paths[:_MAX_OVERLAYS], captions
 
 
 def _find_evaluations(folder: Path, exclude: Path | None) -> list[Evaluation]:
@@ -242,6 +281,13 @@ def _mmengine_logs_in(folder: Path) -> list[Path]:
     logs = [p for p in folder.glob("*.log") if p.is_file()]
     logs += [p for p in folder.glob("*/*.log") if p.is_file()]
     return sorted(logs, key=lambda p: (p.name, str(p)))
+
+
+def _work_dir_of(log_file: Path) -> Path | None:
+    """The work_dir of an mmengine log at ``<work_dir>/<timestamp>/<timestamp>.log``, else None."""
+    if log_file.parent.name == log_file.stem:
+        return log_file.parent.parent
+    return None
 
 
 def read_run(path: Path, exclude: Path | None = None) -> RunData:
@@ -291,20 +337,27 @@ def read_run(path: Path, exclude: Path | None = None) -> RunData:
         if result.is_file():
             run.run_result = _read_json(result, [], "train result")
     else:
-        # An mmengine work_dir keeps the config it ran (a .py file) at its top level.
-        top = folder if folder is not None else path.parent
-        run.config_files = sorted(p for p in top.glob("*.py") if p.is_file())[:3]
-        if folder is None and not run.config_files:
-            run.config_files = sorted(p for p in top.parent.glob("*.py") if p.is_file())[:3]
-        if not run.config_files:
-            run.missing.append("training config (no *.py config next to the log)")
-        run.missing.append("environment provenance (mmengine logs do not record it in a file)")
+        # mmengine keeps the config it ran at the top of the work_dir and as
+        # <timestamp>/vis_data/config.py; a log file sits in <work_dir>/<timestamp>/.
+        work_dir = folder if folder is not None else _work_dir_of(path)
+        candidates: list[Path] = []
+        if work_dir is not None:
+            candidates += sorted(work_dir.glob("*.py")) + sorted(work_dir.glob("*/vis_data/*.py"))
+        if folder is None:
+            candidates += sorted(path.parent.glob("vis_data/*.py"))
+        run.config_files = list(dict.fromkeys(p for p in candidates if p.is_file()))[:3]
+        if not run.config_files and log.config_text is None:
+            run.missing.append("training config (none printed in the log, no *.py beside it)")
+        if not log.environment:
+            run.missing.append("environment provenance (no 'System environment' block in the log)")
 
     checkpoint_folders: list[Path] = []
     if folder is not None:
         checkpoint_folders += [folder / "checkpoints", folder]
     else:
-        checkpoint_folders += [path.parent, path.parent.parent]
+        checkpoint_folders.append(path.parent)
+        if (work_dir_of_log := _work_dir_of(path)) is not None:
+            checkpoint_folders.append(work_dir_of_log)
     for event in log.events:
         if event.kind == "launch" and "saved to" in event.message:
             target = Path(event.message.split("saved to", 1)[1].strip().rstrip("."))

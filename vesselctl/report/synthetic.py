@@ -22,6 +22,32 @@ import yaml
 USER_FIRST = {"loss_mask": 4.8412, "loss_dice": 1.0000, "llm_loss": 7.9200}
 USER_LAST = {"loss_mask": 0.4812, "loss_dice": 0.3105, "llm_loss": 0.2843}
 WORK_DIR = "/work_dirs/sa2va_vessels"
+# The blocks mmengine's Runner prints at start (Runner._log_env, then the config).
+_ENVIRONMENT = (
+    "-" * 60,
+    "System environment:",
+    "    sys.platform: linux",
+    "    Python: 3.10.12 (main, Nov 20 2023, 15:14:05) [GCC 11.4.0]",
+    "    CUDA available: True",
+    "    GPU 0,1,2,3: NVIDIA A10",
+    "    PyTorch: 2.1.2+cu121",
+    "    PyTorch compiling details: PyTorch built with:",
+    "      - GCC 9.3",
+    "    MMEngine: 0.10.3",
+    "",
+    "Runtime environment:",
+    "    launcher: pytorch",
+    "    GPU number: 4",
+    "-" * 60,
+    "",
+)
+_CONFIG = (
+    "model = dict(",
+    "    type='Sa2VAModel',",
+    "    lora=dict(r=64, lora_alpha=128))",
+    "lr = 2e-05",
+    "",
+)
 _TRACEBACK = (
     "Traceback (most recent call last):",
     '  File "tools/train.py", line 10, in <module>',
@@ -86,8 +112,9 @@ def write_mmengine_log(path: Path, run: SyntheticRun | None = None) -> Path:
     iters = np.arange(run.log_interval, last_iter + 1, run.log_interval)
     values = _loss_values(run, iters)
     rng = np.random.default_rng(run.seed + 1)
-    jitter = 1.0 + 0.03 * rng.standard_normal(2 * len(iters) + 1)
-    memory_extra = rng.integers(0, 700, 2 * len(iters) + 1)
+    records = 2 * (run.total_iters // run.log_interval) + 2  # a restart logs steps twice
+    jitter = 1.0 + 0.03 * rng.standard_normal(records)
+    memory_extra = rng.integers(0, 700, records)
     lines: list[str] = []
     clock = run.start
 
@@ -95,7 +122,10 @@ def write_mmengine_log(path: Path, run: SyntheticRun | None = None) -> Path:
         return clock.strftime("%Y/%m/%d %H:%M:%S")
 
     def header() -> None:
-        lines.append(f"{stamp()} - mmengine - INFO - Config:\nmodel = dict(type='Sa2VAModel')")
+        lines.append(f"{stamp()} - mmengine - INFO - ")
+        lines.extend(_ENVIRONMENT)
+        lines.append(f"{stamp()} - mmengine - INFO - Config:")
+        lines.extend(_CONFIG)
         lines.append(f"{stamp()} - mmengine - WARNING - The prefix is not set in metric class.")
         lines.append(f"{stamp()} - mmengine - INFO - Checkpoints will be saved to {WORK_DIR}.")
 
@@ -255,27 +285,41 @@ def write_run_folder(
 
 
 def write_evaluation(folder: Path, n_overlays: int = 2) -> Path:
-    """Write an evaluation folder like `vesselctl evaluate` makes: summary.json and overlays."""
+    """Write an evaluation folder laid out as `vesselctl evaluate` writes it: summary.json
+    (macro mean/std/median/CI per metric, micro value/CI, listed worst-case overlays) and the
+    overlay PNGs."""
     from PIL import Image, ImageDraw
 
     folder = Path(folder)
     (folder / "overlays").mkdir(parents=True, exist_ok=True)
-    summary = {
-        "n_images": 20,
-        "threshold": 0.5,
-        "macro": {
-            "dice": {"mean": 0.781, "ci95": [0.752, 0.807], "std": 0.06},
-            "cldice": {"mean": 0.802, "ci95": [0.771, 0.829], "std": 0.05},
-            "hd95": {"mean": 12.4, "ci95": [10.1, 15.0], "std": 4.0},
-        },
-        "micro": {"dice": 0.79, "iou": 0.653},
-        "worst": [{"id": "img_0003", "dice": 0.52}, {"id": "img_0011", "dice": 0.61}],
-    }
-    (folder / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    worst = []
     for index in range(n_overlays):
         image = Image.new("RGB", (160, 120), (20, 20, 20))
         draw = ImageDraw.Draw(image)
         draw.line([(10, 100), (80, 20 + 20 * index), (150, 60)], fill=(0, 200, 0), width=5)
         draw.line([(10, 90), (70, 30), (150, 70)], fill=(220, 0, 0), width=3)
-        image.save(folder / "overlays" / f"worst_{index:02d}_img_{index:04d}.png")
+        name = f"overlays/worst_{index + 1:02d}_img_{index:04d}.png"
+        image.save(folder / name)
+        worst.append({"file": name, "id": f"img_{index:04d}", "dice": 0.52 + 0.05 * index})
+    summary = {
+        "n_images": 20,
+        "threshold": {"value": 0.5, "source": "default"},
+        "metrics": ["dice", "cldice", "hd95"],
+        "macro": {
+            "dice": {"mean": 0.781, "std": 0.06, "median": 0.79, "ci_low": 0.752, "ci_high": 0.807},
+            "cldice": {
+                "mean": 0.802,
+                "std": 0.05,
+                "median": 0.81,
+                "ci_low": 0.771,
+                "ci_high": 0.829,
+            },
+            "hd95": {"mean": 12.4, "std": 4.0, "median": 11.0, "ci_low": 10.1, "ci_high": 15.0},
+        },
+        "micro": {"dice": {"value": 0.79, "ci_low": 0.77, "ci_high": 0.81}},
+        "overlays": {"legend": {"tp": "green"}, "rank_by": "dice", "worst": worst, "best": []},
+        "per_case": [{"id": "img_0000", "dice": 0.52}],
+        "settings": {"threshold": 0.5},
+    }
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return folder

@@ -2,14 +2,13 @@
 report.html, PNG plots and report.json.
 
 Reads top to bottom: check the output folder, read every run, compute the numbers, draw the plots,
-lay the report out once as blocks, render it twice (Markdown, HTML), then write the machine-readable
-files. Works on finished, crashed and still-running runs; says plainly what it could not find.
+lay the report out once as blocks (report/document.py), render it twice (Markdown, HTML), then
+write the machine-readable files. Works on finished, crashed and still-running runs; says plainly
+what it could not find.
 """
 
 from __future__ import annotations
 
-import io
-import shutil
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,46 +18,25 @@ from vesselctl import __version__
 from vesselctl.errors import ReportError
 from vesselctl.files import atomic_write_bytes, atomic_write_json, atomic_write_text, run_provenance
 from vesselctl.report.analysis import (
-    Anomaly,
     AnomalyRules,
-    LossRow,
-    RunSummary,
     epoch_table,
     find_anomalies,
-    format_duration,
     loss_table,
     run_summary,
     to_jsonable,
 )
-from vesselctl.report.plots import Curve, all_plots
-from vesselctl.report.render import (
-    Block,
-    Code,
-    Details,
-    Heading,
-    Image,
-    Notice,
-    Paragraph,
-    Table,
-    to_html,
-    to_markdown,
+from vesselctl.report.document import (
+    RunReport,
+    build_document,
+    gpu_memory,
+    refine_status,
+    report_title,
 )
+from vesselctl.report.plots import Curve, all_plots
+from vesselctl.report.render import to_html, to_markdown
 from vesselctl.report.runs import Evaluation, RunData, read_evaluation, read_run
 from vesselctl.settings.base import write_resolved_settings
 from vesselctl.settings.report import ReportSettings
-
-_OVERLAY_MAX_WIDTH = 720
-
-
-@dataclass
-class RunReport:
-    """One run with everything computed from it."""
-
-    data: RunData
-    summary: RunSummary
-    losses: list[LossRow]
-    epochs: list[dict[str, Any]] | None
-    anomalies: list[Anomaly]
 
 
 @dataclass
@@ -74,28 +52,6 @@ class ReportResult:
     missing: list[str] = field(default_factory=list)
 
 
-def _fmt(value: float | None, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:,.0f}"
-
-
-def _pct(drop: float | None) -> str:
-    """A drop in percent as words: positive drops read "down", negative ones "up"."""
-    if drop is None:
-        return "-"
-    return f"down {drop:.1f}%" if drop >= 0 else f"up {-drop:.1f}%"
-
-
-def _size(num_bytes: int) -> str:
-    size = float(num_bytes)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
-
-
 def _unique_names(runs: list[RunData], names: list[str]) -> None:
     if names:
         for run, name in zip(runs, names, strict=True):
@@ -106,13 +62,6 @@ def _unique_names(runs: list[RunData], names: list[str]) -> None:
         seen[run.name] = count + 1
         if count:
             run.name = f"{run.name} ({count + 1})"
-
-
-def _gpu_memory(run: RunData) -> float | None:
-    gpus = (run.run_info or {}).get("gpus") or []
-    sizes = [g.get("memory_gib") for g in gpus if isinstance(g, dict)]
-    sizes = [float(s) for s in sizes if isinstance(s, int | float)]
-    return min(sizes) if sizes else None
 
 
 def _check_out_dir(out: Path, inputs: list[Path]) -> None:
@@ -126,368 +75,6 @@ def _check_out_dir(out: Path, inputs: list[Path]) -> None:
                 f"--out {out} is the folder of the input {item}; the report would overwrite that "
                 f"run's own files. Choose another folder, e.g. --out {out / 'report'}"
             )
-
-
-def _refine_status(summary: RunSummary, run: RunData) -> None:
-    """A log without a total step count cannot show that training ended; the train stage's
-    result.json (written last) or an ETA of zero on the last record can."""
-    if summary.status != "incomplete":
-        return
-    if run.run_result is not None:
-        stated = run.run_result.get("status")
-        summary.status = str(stated) if isinstance(stated, str) else "finished"
-        summary.status_detail = f"result.json of the run says so (last step {summary.steps_done})"
-    elif summary.last_eta_s == 0:
-        summary.status = "finished"
-        summary.status_detail = f"the last record (step {summary.steps_done}) has an ETA of 0"
-
-
-def _status_notice(report: RunReport) -> Notice:
-    s = report.summary
-    kind = {"finished": "ok", "crashed": "error", "empty": "error"}.get(s.status, "warning")
-    return Notice(f"{report.data.name}: {s.status}: {s.status_detail}.", kind)
-
-
-def _missing_notices(report: RunReport) -> list[Notice]:
-    run = report.data
-    notices = []
-    if not run.evaluations:
-        notices.append(
-            Notice(
-                f"{run.name}: no evaluation found. A falling loss says nothing about segmentation "
-                "quality; run `vesselctl evaluate` on held-out images and report again (pass "
-                "`--eval EVAL_DIR`, or keep the evaluation in a sub-folder of the run).",
-                "warning",
-            )
-        )
-    if not report.summary.val_best:
-        notices.append(
-            Notice(
-                f"{run.name}: no validation metrics in the log, so over-fitting cannot be seen "
-                "and the best checkpoint cannot be chosen on a real metric.",
-                "warning",
-            )
-        )
-    others = [m for m in run.missing if not m.startswith("training log lines")]
-    if others:
-        notices.append(Notice(f"{run.name}: not found: " + "; ".join(others) + ".", "info"))
-    errors = sum(1 for a in report.anomalies if a.severity == "error")
-    warnings = sum(1 for a in report.anomalies if a.severity == "warning")
-    if errors or warnings:
-        notices.append(
-            Notice(
-                f"{run.name}: {errors} problem(s) and {warnings} warning(s) in the log; see "
-                "Anomalies.",
-                "error" if errors else "warning",
-            )
-        )
-    return notices
-
-
-def _eval_headline(run: RunData) -> str:
-    if not run.evaluations:
-        return "none found"
-    rows = run.evaluations[0].metrics
-    picked = [r for r in rows if r.ci_low is not None][:2] or rows[:2]
-    parts = []
-    for row in picked:
-        ci = f" [{_fmt(row.ci_low)}, {_fmt(row.ci_high)}]" if row.ci_low is not None else ""
-        parts.append(f"{row.name} {_fmt(row.value)}{ci}")
-    return "; ".join(parts) or "summary without numbers"
-
-
-def _summary_table(reports: list[RunReport]) -> Table:
-    headers = ["", *[r.data.name for r in reports]]
-    loss_names: list[str] = []
-    for report in reports:
-        for row in report.losses:
-            if row.name not in loss_names:
-                loss_names.append(row.name)
-    rows: list[list[str]] = []
-
-    def add(label: str, cells: list[str]) -> None:
-        rows.append([label, *cells])
-
-    add("status", [r.summary.status for r in reports])
-    add("log format", [r.data.log.format for r in reports])
-    add(
-        "steps",
-        [
-            f"{r.summary.steps_done if r.summary.steps_done is not None else '-'}"
-            + (f" / {r.summary.max_steps}" if r.summary.max_steps else "")
-            for r in reports
-        ],
-    )
-    add("epochs reached", [_fmt(r.summary.epochs_done) for r in reports])
-    add("train records", [str(r.summary.records) for r in reports])
-    add("wall time", [format_duration(r.summary.wall_time_s) for r in reports])
-    add("time per step (median)", [f"{_fmt(r.summary.time_per_step_median_s)} s" for r in reports])
-    add(
-        "data loading share",
-        [
-            "-" if r.summary.data_time_share is None else f"{r.summary.data_time_share * 100:.1f}%"
-            for r in reports
-        ],
-    )
-    add("samples / s (median)", [_fmt(r.summary.samples_per_s_median) for r in reports])
-    add(
-        "seconds per sample",
-        [
-            _fmt(1 / r.summary.samples_per_s_median) if r.summary.samples_per_s_median else "-"
-            for r in reports
-        ],
-    )
-    add(
-        "peak GPU memory",
-        [
-            "-"
-            if r.summary.peak_memory_gib is None
-            else f"{r.summary.peak_memory_gib:.1f} GiB"
-            + (f" of {r.summary.gpu_memory_gib:.0f} GiB" if r.summary.gpu_memory_gib else "")
-            for r in reports
-        ],
-    )
-    add("last ETA in log", [format_duration(r.summary.last_eta_s) for r in reports])
-    for name in loss_names:
-        cells = []
-        for report in reports:
-            row = next((x for x in report.losses if x.name == name), None)
-            cells.append(
-                "-" if row is None else f"{row.first:.4g} -> {row.last:.4g} ({_pct(row.drop_pct)})"
-            )
-        add(f"{name}: first -> last", cells)
-    val_names: list[str] = []
-    for report in reports:
-        val_names += [n for n in report.summary.val_best if n not in val_names]
-    for name in val_names:
-        cells = []
-        for report in reports:
-            best = report.summary.val_best.get(name)
-            cells.append(
-                "-"
-                if best is None
-                else f"best {best['best']:.4g} @ {int(best['best_step'])}, last {best['last']:.4g}"
-            )
-        add(name if name.startswith("val") else f"val {name}", cells)
-    add("evaluation", [_eval_headline(r.data) for r in reports])
-    add(
-        "checkpoints",
-        [
-            f"{len(r.data.checkpoints)} ({_size(sum(c.size_bytes for c in r.data.checkpoints))})"
-            for r in reports
-        ],
-    )
-    add(
-        "anomalies (problems / warnings)",
-        [
-            f"{sum(a.severity == 'error' for a in r.anomalies)} / "
-            f"{sum(a.severity == 'warning' for a in r.anomalies)}"
-            for r in reports
-        ],
-    )
-    return Table(headers, rows)
-
-
-def _loss_blocks(report: RunReport, window: int) -> list[Block]:
-    if not report.losses:
-        return [Notice(f"{report.data.name}: no loss values were logged.", "error")]
-    rows = [
-        [
-            row.name,
-            f"{row.first:.4f} (step {row.first_step})",
-            f"{row.last:.4f} (step {row.last_step})",
-            _pct(row.drop_pct),
-            f"{row.first_smoothed:.4f}",
-            f"{row.last_smoothed:.4f}",
-            _pct(row.drop_smoothed_pct),
-            f"{row.minimum:.4f} (step {row.minimum_step})",
-            str(row.records) + (f" ({row.nonfinite} NaN/inf)" if row.nonfinite else ""),
-        ]
-        for row in report.losses
-    ]
-    headers = [
-        "loss",
-        "first",
-        "last",
-        "change",
-        "first (smoothed)",
-        "last (smoothed)",
-        "change (smoothed)",
-        "minimum",
-        "records",
-    ]
-    caption = (
-        "first/last: the first and last finite value logged; smoothed: the mean of the first/"
-        f"last {window} logged values; change: (first - last) / first."
-    )
-    if report.data.log.format == "mmengine":
-        caption += " mmengine logs the mean over each logging interval, not single steps."
-    return [Table(headers, rows, caption)]
-
-
-def _epoch_blocks(report: RunReport) -> list[Block]:
-    if report.epochs is None:
-        return [
-            Paragraph(
-                "The log counts iterations only, so epochs are unknown; set `iters_per_epoch` "
-                "(`--set iters_per_epoch=N`) for a per-epoch table."
-            )
-        ]
-    losses = [row.name for row in report.losses]
-    val_names = [k for k in report.data.log.val if k not in ("step", "epoch", "attempt")]
-    headers = ["epoch", "steps", "records"]
-    headers += [f"{name} mean" for name in losses]
-    if losses:
-        headers.append(f"{losses[0]} last")
-    headers += ["s / step", "peak GiB", "wall time"]
-    headers += [v if v.startswith("val") else f"val {v}" for v in val_names]
-    rows = []
-    for epoch in report.epochs:
-        row = [
-            str(epoch["epoch"]),
-            f"{epoch['first_step']}-{epoch['last_step']}",
-            str(epoch["records"]),
-        ]
-        row += [_fmt(epoch.get(f"{name}_mean")) for name in losses]
-        if losses:
-            row.append(_fmt(epoch.get(f"{losses[0]}_last")))
-        row += [
-            _fmt(epoch.get("time_per_step_s_mean")),
-            _fmt(epoch.get("memory_gib_peak"), 3),
-            format_duration(epoch.get("wall_time_s")),
-            *[_fmt(epoch.get(v)) for v in val_names],
-        ]
-        rows.append(row)
-    return [Table(headers, rows)]
-
-
-def _anomaly_blocks(report: RunReport) -> list[Block]:
-    if not report.anomalies:
-        return [
-            Notice("No anomalies found: no NaN/inf, spikes, divergence, stalls or restarts.", "ok")
-        ]
-    rows = [
-        [a.severity, a.kind, "-" if a.step is None else str(a.step), a.where or "-", a.message]
-        for a in report.anomalies[:200]
-    ]
-    blocks: list[Block] = [Table(["severity", "kind", "step", "where", "what"], rows)]
-    if len(report.anomalies) > 200:
-        blocks.append(Paragraph(f"{len(report.anomalies) - 200} more in report.json."))
-    return blocks
-
-
-def _checkpoint_blocks(report: RunReport) -> list[Block]:
-    checkpoints = report.data.checkpoints
-    if not checkpoints:
-        return [Paragraph("No checkpoints found.")]
-    rows = [
-        [
-            c.path.name + (f" ({', '.join(c.aliases)})" if c.aliases else ""),
-            "-" if c.step is None else str(c.step),
-            _size(c.size_bytes) if c.link_target is None else f"link to {c.link_target}",
-            "folder" if c.is_dir else "file",
-            str(c.path),
-        ]
-        for c in checkpoints
-    ]
-    total = sum(c.size_bytes for c in checkpoints)
-    return [
-        Table(
-            ["checkpoint", "step", "size on disk", "type", "path"],
-            rows,
-            f"{len(checkpoints)} checkpoint(s), {_size(total)} in all",
-        )
-    ]
-
-
-def _overlay_image(path: Path, file_name: str) -> Image:
-    """An overlay PNG, scaled down for the page when it is wide."""
-    from PIL import Image as PILImage
-
-    with PILImage.open(path) as image:
-        image.load()
-        if image.width > _OVERLAY_MAX_WIDTH:
-            height = round(image.height * _OVERLAY_MAX_WIDTH / image.width)
-            image = image.resize((_OVERLAY_MAX_WIDTH, height))
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-    return Image(file_name, buffer.getvalue(), f"{path.name} (from {path.parent})")
-
-
-def _evaluation_blocks(report: RunReport, index: int) -> tuple[list[Block], list[Image]]:
-    blocks: list[Block] = []
-    images: list[Image] = []
-    for evaluation in report.data.evaluations:
-        blocks.append(Paragraph(f"Evaluation folder: `{evaluation.folder}`"))
-        rows = [
-            [
-                row.name,
-                _fmt(row.value),
-                "-" if row.ci_low is None else f"[{_fmt(row.ci_low)}, {_fmt(row.ci_high)}]",
-                ", ".join(f"{k} {_fmt(v)}" for k, v in row.extra.items()) or "-",
-            ]
-            for row in evaluation.metrics
-        ]
-        if rows:
-            blocks.append(Table(["metric", "value", "95% CI", "other"], rows))
-        else:
-            blocks.append(Paragraph("The summary holds no numbers this report can read."))
-        for number, overlay in enumerate(evaluation.overlays):
-            image = _overlay_image(overlay, f"overlays/run{index}_{number:02d}_{overlay.name}")
-            images.append(image)
-        if evaluation.overlays:
-            blocks.append(Paragraph("Worst cases (overlays from the evaluation):"))
-            blocks.extend(images[-len(evaluation.overlays) :])
-    return blocks, images
-
-
-def _provenance_blocks(report: RunReport) -> list[Block]:
-    run = report.data
-    blocks: list[Block] = []
-    rows = [[str(path), digest, run.log.format] for path, digest in run.log_sha256.items()]
-    blocks.append(Table(["log file", "sha256", "format"], rows, f"{run.log.lines_read} lines read"))
-    info = run.run_info or {}
-    if info:
-        env_rows = [
-            [key, str(info[key])]
-            for key in ("created", "host", "platform", "python", "git_revision")
-            if key in info
-        ]
-        for name, version in (info.get("packages") or {}).items():
-            env_rows.append([name, str(version)])
-        for gpu in info.get("gpus") or []:
-            if isinstance(gpu, dict):
-                env_rows.append(
-                    [
-                        f"GPU {gpu.get('index', '?')}",
-                        f"{gpu.get('name', '?')}, {gpu.get('memory_gib', '?')} GiB",
-                    ]
-                )
-        blocks.append(Table(["environment", "value"], env_rows))
-    if run.settings_text is not None:
-        blocks.append(Details(f"settings ({run.settings_path})", [Code(run.settings_text, "yaml")]))
-    for config in run.config_files:
-        lines = config.read_text(encoding="utf-8", errors="replace").splitlines()
-        shown = "\n".join(lines[:300]) + ("\n# ... (cut at 300 lines)" if len(lines) > 300 else "")
-        blocks.append(Details(f"training config ({config})", [Code(shown, "python")]))
-    if run.run_result:
-        blocks.append(Details("train result.json", [Code(_json_text(run.run_result), "json")]))
-    return blocks
-
-
-def _json_text(data: Any) -> str:
-    import json
-
-    return json.dumps(to_jsonable(data), indent=2)
-
-
-def _title(settings: ReportSettings, reports: list[RunReport]) -> str:
-    if settings.title:
-        return settings.title
-    names = [r.data.name for r in reports]
-    if len(names) == 1:
-        return f"Training report: {names[0]}"
-    return "Training comparison: " + " vs ".join(names)
 
 
 def run(settings: ReportSettings) -> ReportResult:
@@ -523,7 +110,7 @@ def run(settings: ReportSettings) -> ReportResult:
                 r.log,
                 iters_per_epoch=settings.iters_per_epoch,
                 samples_per_step=settings.samples_per_step,
-                gpu_memory_gib=_gpu_memory(r),
+                gpu_memory_gib=gpu_memory(r),
             ),
             losses=loss_table(r.log, settings.smoothing_window),
             epochs=epoch_table(r.log, settings.iters_per_epoch),
@@ -533,66 +120,29 @@ def run(settings: ReportSettings) -> ReportResult:
     ]
 
     for report in reports:
-        _refine_status(report.summary, report.data)
+        refine_status(report.summary, report.data)
 
     # 4. Plots (one figure per kind, all runs overlaid).
     figures = all_plots([Curve(r.data.name, r.data.log) for r in reports], settings.ema)
 
-    # 5. Lay the report out once.
-    title = _title(settings, reports)
+    # 5. Lay the report out once; it is rendered twice below.
+    title = report_title(settings.title, reports)
     generated = datetime.now(UTC).isoformat(timespec="seconds")
-    blocks: list[Block] = [
-        Paragraph(
-            f"Generated {generated} by vesselctl {__version__} from: "
-            + ", ".join(f"`{r.data.path}`" for r in reports)
-            + "."
-        )
-    ]
-    blocks.append(Heading("At a glance"))
-    for report in reports:
-        blocks.append(_status_notice(report))
-        blocks.extend(_missing_notices(report))
-    blocks.append(_summary_table(reports))
-    blocks.append(Heading("Curves"))
-    plot_images = [Image(f"plots/{name}", png, caption) for name, (caption, png) in figures.items()]
-    blocks.extend(plot_images or [Paragraph("Nothing to plot: no numeric train records.")])
-    overlay_images: list[Image] = []
-    for index, report in enumerate(reports):
-        prefix = f"{report.data.name}: " if len(reports) > 1 else ""
-        blocks.append(Heading(f"{prefix}Losses"))
-        blocks.extend(_loss_blocks(report, settings.smoothing_window))
-        blocks.append(Heading(f"{prefix}Per epoch"))
-        blocks.extend(_epoch_blocks(report))
-        blocks.append(Heading(f"{prefix}Anomalies"))
-        blocks.extend(_anomaly_blocks(report))
-        blocks.append(Heading(f"{prefix}Checkpoints"))
-        blocks.extend(_checkpoint_blocks(report))
-        blocks.append(Heading(f"{prefix}Evaluation"))
-        if report.data.evaluations:
-            eval_blocks, images = _evaluation_blocks(report, index)
-            blocks.extend(eval_blocks)
-            overlay_images.extend(images)
-        else:
-            blocks.append(
-                Notice(
-                    "No evaluation found: a falling loss says nothing about segmentation "
-                    "quality; run `vesselctl evaluate` and report again.",
-                    "warning",
-                )
-            )
-        blocks.append(Heading(f"{prefix}Provenance"))
-        blocks.extend(_provenance_blocks(report))
+    blocks, plot_images, overlay_images = build_document(
+        reports, figures, generated=generated, smoothing_window=settings.smoothing_window
+    )
 
     # 6. Write: images first, then the documents, the numbers, and result.json last (its
     #    presence marks a complete report).
-    plots_dir = out / "plots"
-    if plots_dir.is_dir():
-        shutil.rmtree(plots_dir)
-    overlays_dir = out / "overlays"
-    if overlays_dir.is_dir():
-        shutil.rmtree(overlays_dir)
+    written = {out / image.file_name for image in [*plot_images, *overlay_images]}
     for image in [*plot_images, *overlay_images]:
         atomic_write_bytes(out / image.file_name, image.data)
+    if (out / "report.json").is_file():
+        # Re-reporting into the same folder: drop images of the previous report that this one
+        # no longer has (only PNGs in the two image folders a report writes).
+        for stale in [*out.glob("plots/*.png"), *out.glob("overlays/*.png")]:
+            if stale not in written:
+                stale.unlink()
     report_md = out / "report.md"
     report_html = out / "report.html"
     atomic_write_text(report_md, to_markdown(title, blocks))
