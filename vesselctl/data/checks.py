@@ -46,6 +46,7 @@ CHECKS: dict[str, CheckInfo] = {
         CheckInfo("json_schema", "error", "annotation lacks a LabelMe field or has a wrong type"),
         CheckInfo("labelme_warning", "warning", "annotation field that is odd but usable"),
         CheckInfo("image_missing", "error", "the image an annotation or record names is absent"),
+        CheckInfo("unannotated_image", "warning", "image in a LabelMe folder that no JSON uses"),
         CheckInfo("image_outside", "error", "imagePath points outside the dataset folder"),
         CheckInfo("image_unreadable", "error", "image file is truncated or not an image"),
         CheckInfo("size_mismatch", "error", "declared image size differs from the real image"),
@@ -472,6 +473,37 @@ def pixel_digest(image: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def find_unannotated_images(root: Path, used: Iterable[str]) -> list[Problem]:
+    """Images under a LabelMe folder that no annotation uses (relative paths in ``used``).
+
+    An image with a JSON of the same stem beside it counts as annotated even when that JSON
+    could not be read (its own problems are reported already)."""
+    from vesselctl.data.sources import IMAGE_SUFFIXES
+
+    root = Path(root)
+    used_set = set(used)
+    problems = []
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root).as_posix()
+        if (
+            path.suffix.lower() in IMAGE_SUFFIXES
+            and relative not in used_set
+            and not path.with_suffix(".json").is_file()
+            and not any(part.startswith(".") for part in path.relative_to(root).parts)
+            and path.is_file()
+        ):
+            problems.append(
+                Problem(
+                    relative,
+                    "unannotated_image",
+                    "no LabelMe JSON in the folder uses this image",
+                    "an annotation for every image (prepare only reads images that JSON names)",
+                    "annotate it in LabelMe, or move it out of the folder if it is not data",
+                )
+            )
+    return problems
+
+
 def count_by_check(problems: Sequence[Problem]) -> dict[str, int]:
     """Number of problems per check id, in the order of ``CHECKS``."""
     counts = {check: 0 for check in CHECKS}
@@ -676,6 +708,8 @@ class LabelmeCheck:
     mask: np.ndarray | None
     shapes_by_type: dict[str, int]
     shapes_by_label: dict[str, int]
+    # The image file used, relative to the checked folder (None: embedded or not found).
+    image_file: str | None = None
 
 
 def check_labelme_file(
@@ -782,4 +816,7 @@ def check_labelme_file(
     if size is not None:
         mask = rasterize_shapes(drawable, roles, size[0], size[1], options=options, name=relative)
         problems += check_mask_pixels(relative, int(np.count_nonzero(mask)), tiny_mask_pixels)
-    return LabelmeCheck(problems, image, mask, by_type, by_label)
+    image_file = None
+    if source is not None and source.path is not None:
+        image_file = source.path.relative_to(Path(root).resolve()).as_posix()
+    return LabelmeCheck(problems, image, mask, by_type, by_label, image_file)
