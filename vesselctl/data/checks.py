@@ -2,12 +2,15 @@
 
 Every check has an id and a fixed severity (``CHECKS``): an *error* is something that makes
 training or evaluation wrong or impossible (unreadable files, wrong sizes, unknown labels,
-leakage between splits, masks that are not 0/255); a *warning* is something that is legal but
-usually a mistake (self-intersecting or zero-area shapes, points outside the image that will be
-clipped, empty or tiny masks, the same image twice within one split).
+leakage between splits, masks that are not binary, files changed since prepare); a *warning* is
+something legal but usually a mistake (zero-area shapes, crossing edges that leave pixels
+unfilled, points outside the image that will be clipped, empty or tiny masks, the same image twice
+within one split, images no annotation uses).
 
 A problem names the file (relative to the checked folder), the shape (``shapes[i]``, the index in
 the JSON's ``shapes`` list, counting from 0), what was found, what was expected and the fix.
+LabelMe files are read with prepare's own parser and rasteriser, so validate sees exactly what
+prepare would.
 """
 
 from __future__ import annotations
@@ -62,9 +65,9 @@ CHECKS: dict[str, CheckInfo] = {
         CheckInfo("tiny_mask", "warning", "image has fewer vessel pixels than the threshold"),
         CheckInfo("duplicate_image", "warning", "same image content twice within one split"),
         CheckInfo("split_leakage", "error", "same image content in two different splits"),
-        CheckInfo("mask_missing", "error", "mask file of a prepared image is absent"),
+        CheckInfo("mask_missing", "error", "the mask of an image is absent"),
         CheckInfo("mask_unreadable", "error", "mask file is truncated or not an image"),
-        CheckInfo("mask_not_binary", "error", "mask is not single-channel with values 0/255"),
+        CheckInfo("mask_not_binary", "error", "mask not one channel of 0/255 (or 0/x as input)"),
         CheckInfo("mask_size_mismatch", "error", "mask and image differ in size"),
         CheckInfo("checksum_mismatch", "error", "file content differs from the manifest's sha256"),
     )
