@@ -8,6 +8,7 @@ report every bad file at once.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections import Counter
@@ -43,6 +44,7 @@ class SampleConfig:
     raster: RasterOptions
     png_mode: str
     allowed_roots: tuple[Path, ...]
+    phrase: str = "blood vessels"
 
 
 @dataclass
@@ -56,7 +58,7 @@ class SampleResult:
     height: int = 0
     width: int = 0
     info: dict[str, Any] = field(default_factory=dict)
-    polygons: list[list[float]] = field(default_factory=list)
+    sa2va_entry: str = ""  # this image's entry of Sa2VA's annotations.json, as JSON text
 
     @property
     def ok(self) -> bool:
@@ -126,7 +128,13 @@ def _write_outputs(
     result.info["sha256_image"] = sha256_bytes(image_png)
     result.info["sha256_mask"] = sha256_bytes(mask_png)
     result.info["vessel_fraction"] = round(float(mask.mean()), 6)
-    result.polygons = _polygons(mask)
+    polygons = _polygons(mask)
+    result.info["polygon_points"] = sum(len(p) // 2 for p in polygons)
+    if polygons:
+        # Encoded here, in the worker: serialising thousands of coordinates is real work and
+        # the main process would otherwise do it for every image, one after another.
+        entry = {"image": f"{result.id}.png", "mask": [polygons], "text": [config.phrase]}
+        result.sa2va_entry = json.dumps(entry, separators=(",", ":"))
     if not mask.any():
         result.warnings.append(f"{result.relative}: the vessel mask is empty")
 

@@ -13,7 +13,6 @@ so a re-run on the same input gives byte-identical output.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -288,17 +287,13 @@ def _progress(enabled: bool, total: int) -> Iterator[Callable[[SampleResult], No
 # ---------------------------------------------------------------------------------------------
 
 
-def _sa2va_annotations(
-    results: Sequence[SampleResult], plan: SplitPlan, phrase: str
-) -> dict[str, list[dict[str, Any]]]:
-    per_split: dict[str, list[dict[str, Any]]] = {split: [] for split in SPLITS}
+def _sa2va_annotations(results: Sequence[SampleResult], plan: SplitPlan) -> dict[str, str]:
+    """annotations.json text per split, joined from the entries the workers encoded."""
+    per_split: dict[str, list[str]] = {split: [] for split in SPLITS}
     for result in sorted(results, key=lambda r: r.id):
-        if not result.polygons:
-            continue
-        per_split[plan.assignment[result.id]].append(
-            {"image": f"{result.id}.png", "mask": [result.polygons], "text": [phrase]}
-        )
-    return per_split
+        if result.sa2va_entry:
+            per_split[plan.assignment[result.id]].append(result.sa2va_entry)
+    return {split: "[" + ",\n".join(entries) + "]\n" for split, entries in per_split.items()}
 
 
 def _sum_counts(dicts: Sequence[dict[str, int]]) -> dict[str, int]:
@@ -332,6 +327,7 @@ def run(settings: PrepareSettings) -> PrepareResult:
         ),
         raster=RasterOptions(settings.raster.line_width, settings.raster.point_radius),
         png_mode=settings.resize.png,
+        phrase=settings.prompt.phrase,
         allowed_roots=(input_dir.resolve(),),
     )
     workers = settings.workers or os.cpu_count() or 1
@@ -404,7 +400,7 @@ def run(settings: PrepareSettings) -> PrepareResult:
         "counts": plan.counts(),
         "skipped": [{"source": r.relative, "errors": r.errors} for r in bad],
         "warnings": warnings,
-        "empty_masks": [r.id for r in good if not r.polygons],
+        "empty_masks": [r.id for r in good if not r.sa2va_entry],
         "raster": {
             "line_width_px": settings.raster.line_width,
             "point_radius_px": settings.raster.point_radius,
@@ -444,13 +440,8 @@ def run(settings: PrepareSettings) -> PrepareResult:
         },
     }
 
-    for split_name, entries in _sa2va_annotations(good, plan, prompt.phrase).items():
-        # Compact on purpose: indented output goes through json's pure-Python encoder, which
-        # took longer than all the image work together on thousands of polygon coordinates.
-        atomic_write_text(
-            out_dir / SA2VA_DIR / split_name / "annotations.json",
-            json.dumps(entries, separators=(",", ":")) + "\n",
-        )
+    for split_name, text in _sa2va_annotations(good, plan).items():
+        atomic_write_text(out_dir / SA2VA_DIR / split_name / "annotations.json", text)
     atomic_write_json(
         out_dir / SPLITS_NAME,
         splits_document(plan, split.seed, split.val, split.test, split.group_pattern),
