@@ -309,6 +309,16 @@ def test_twist_is_silent_unless_asked(tmp_path: Path) -> None:
     assert "near (7, 7)" in problems[0].found
 
 
+def test_small_pockets_are_below_the_reporting_threshold(tmp_path: Path) -> None:
+    """A 2x2 square walked twice leaves 4 pixels empty: reported only from 4 pixels down."""
+    make_labelme_dataset(tmp_path)
+    square = [[20, 2], [22, 2], [22, 4], [20, 4]]
+    _set_shapes([shape(square + square)])(tmp_path)
+    assert labelme_problems(tmp_path, min_pocket_pixels=5) == []
+    (problem,) = labelme_problems(tmp_path, min_pocket_pixels=4)
+    assert problem.check == "self_intersection" and "leaving 4 pixels" in problem.found
+
+
 def test_geometry_check_on_shapes_directly() -> None:
     shapes = [
         LabelmeShape(0, "vessel", "circle", ((5.0, 5.0), (5.0, 5.0))),

@@ -146,6 +146,7 @@ def check_shapes_geometry(
     image_size: tuple[int, int] | None,
     bounds_tolerance: float = 0.0,
     report_twists: bool = False,
+    min_pocket_pixels: int = 1,
 ) -> list[Problem]:
     """Geometry checks of a file's parsed shapes: zero area, crossing edges, points outside.
 
@@ -206,8 +207,9 @@ def check_shapes_geometry(
                 continue
             ring = points[starts[k] : starts[k] + counts[k]]
             pocket = _pocket_pixels(ring, image_size)
-            if pocket:
-                effect = f"leaving {pocket} pixels it winds around twice unfilled"
+            if pocket >= min_pocket_pixels:
+                plural = "s" if pocket != 1 else ""
+                effect = f"leaving {pocket} pixel{plural} it winds around twice unfilled"
             elif report_twists:
                 effect = _twist_effect(polygon)
             else:
@@ -723,6 +725,7 @@ def check_labelme_file(
     tiny_mask_pixels: int = 0,
     bounds_tolerance: float = 0.0,
     report_twists: bool = False,
+    min_pocket_pixels: int = 1,
 ) -> LabelmeCheck:
     """Every per-file check of one LabelMe annotation, using the same parser and rasteriser as
     prepare: JSON and schema, the image (found, inside the folder, readable, declared size),
@@ -778,7 +781,7 @@ def check_labelme_file(
     # is reported once above, not again for every shape that now sticks out).
     drawn_on = declared or size
     problems += check_shapes_geometry(
-        relative, document.shapes, drawn_on, bounds_tolerance, report_twists
+        relative, document.shapes, drawn_on, bounds_tolerance, report_twists, min_pocket_pixels
     )
     drawable = []
     for shape in document.shapes:

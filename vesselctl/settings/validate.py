@@ -28,6 +28,14 @@ class CheckSettings(Section):
         description="Pixels a shape point may lie outside the image before it is reported.",
     )
 
+    min_pocket_pixels: int = Field(
+        5,
+        ge=1,
+        description=(
+            "Report a self-crossing polygon when its crossing leaves at least this many pixels "
+            "unfilled (smaller pockets change nothing that matters)."
+        ),
+    )
     report_twists: bool = Field(
         False,
         description=(

@@ -278,6 +278,7 @@ def _check_one(item: tuple[ValidateSettings, Kind, Any, bool]) -> FileOutcome:
             settings.checks.tiny_mask_pixels,
             settings.checks.bounds_tolerance,
             settings.checks.report_twists,
+            settings.checks.min_pocket_pixels,
         )
         problems, image, mask = labelme.problems, labelme.image, labelme.mask
         by_type, by_label = labelme.shapes_by_type, labelme.shapes_by_label
