@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +31,10 @@ from vesselctl.data.samples import (
     SampleResult,
     flush_to_disk,
     image_relpath,
+    init_worker,
     mask_relpath,
     prepare_sample,
+    worker_context,
 )
 from vesselctl.data.sources import (
     SourceItem,
@@ -226,13 +227,6 @@ def _group_of(item_id: str, relative: str, pattern: str | None) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def _worker_init() -> None:
-    # One OpenCV thread per process: the pool already uses every core.
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
 def _process(
     items: Sequence[SourceItem],
     config: SampleConfig,
@@ -247,9 +241,8 @@ def _process(
             on_result(results[-1])
         return results
     chunksize = max(1, min(16, len(items) // (workers * 8)))
-    # spawn, not fork: the progress bar runs a thread and forking a threaded process is unsafe.
     with ProcessPoolExecutor(
-        max_workers=workers, mp_context=get_context("spawn"), initializer=_worker_init
+        max_workers=workers, mp_context=worker_context(), initializer=init_worker
     ) as pool:
         results = []
         for result in pool.map(work, items, chunksize=chunksize):
