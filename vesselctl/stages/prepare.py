@@ -209,17 +209,28 @@ def _previous_split(settings: PrepareSettings, out_dir: Path) -> tuple[StoredSpl
     return stored, str(existing)
 
 
-def _group_of(item_id: str, relative: str, pattern: str | None) -> str:
-    """The group key of a source; without a pattern each image is its own group."""
+def _groups(items: Sequence[SourceItem], pattern: str | None) -> dict[str, str]:
+    """Group key per id; without a pattern each image is its own group.
+
+    Every file name the pattern does not match is listed in one error.
+    """
     if pattern is None:
-        return item_id
-    key = group_key(Path(relative).name, pattern)
-    if key is None:
+        return {item.id: item.id for item in items}
+    groups: dict[str, str] = {}
+    unmatched: list[str] = []
+    for item in items:
+        key = group_key(Path(item.relative).name, pattern)
+        if key is None:
+            unmatched.append(item.relative)
+        else:
+            groups[item.id] = key
+    if unmatched:
+        shown = ", ".join(unmatched[:10]) + (" ..." if len(unmatched) > 10 else "")
         raise DatasetError(
-            f"{relative}: the file name does not match split.group_pattern {pattern!r}; fix the "
-            "pattern or rename the file"
+            f"{len(unmatched)} file name(s) do not match split.group_pattern {pattern!r}: "
+            f"{shown}; fix the pattern or rename the files"
         )
-    return key
+    return groups
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,7 +314,7 @@ def run(settings: PrepareSettings) -> PrepareResult:
 
     # Sources are found before the output folder is touched: a wrong input changes nothing.
     input_format, items = _find_sources(settings, input_dir)
-    groups = {i.id: _group_of(i.id, i.relative, settings.split.group_pattern) for i in items}
+    groups = _groups(items, settings.split.group_pattern)
 
     # The previous split lives in the output folder that is about to be cleared: read it first.
     previous, split_source = _previous_split(settings, out_dir)
