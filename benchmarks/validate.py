@@ -81,7 +81,6 @@ def breakdown(folder: Path, sample: int) -> dict[str, float]:
         parts[name] = (time.process_time() - start) / len(files) * 1000.0
         return out
 
-    timed("json.loads", lambda i, p: json.loads(p.read_bytes()))
     docs = timed("parse_labelme (incl. json)", lambda i, p: parse_labelme(p)[0])
     images = timed("decode image", lambda i, p: read_image(p.with_suffix(".png")))
     timed("pixel hash", lambda i, p: pixel_digest(images[i]))

@@ -15,7 +15,6 @@ prepare would.
 
 from __future__ import annotations
 
-import itertools
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -158,13 +157,14 @@ def check_shapes_geometry(
     All shapes of a file are checked in one vectorised pass (annotations converted from masks
     carry ~10,000 points per file; a Python loop per point or per shape would dominate).
     """
-    shapes = [s for s in shapes if s.points]
-    if not shapes:
+    arrays = [(s, s.array()) for s in shapes]
+    arrays = [(s, a) for s, a in arrays if len(a)]
+    if not arrays:
         return []
-    counts = np.fromiter((len(s.points) for s in shapes), dtype=np.int64, count=len(shapes))
+    shapes = [s for s, _ in arrays]
+    counts = np.fromiter((len(a) for _, a in arrays), dtype=np.int64, count=len(arrays))
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    flat = itertools.chain.from_iterable(itertools.chain.from_iterable(s.points for s in shapes))
-    points = np.fromiter(flat, dtype=np.float64, count=2 * int(counts.sum())).reshape(-1, 2)
+    points = np.concatenate([a for _, a in arrays])
     x, y = points[:, 0], points[:, 1]
     findings: dict[int, list[Problem]] = defaultdict(list)
 
