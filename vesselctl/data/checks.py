@@ -15,6 +15,7 @@ prepare would.
 
 from __future__ import annotations
 
+import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -488,15 +489,18 @@ def find_unannotated_images(root: Path, used: Iterable[str]) -> list[Problem]:
     root = Path(root)
     used_set = set(used)
     problems = []
-    for path in sorted(root.rglob("*")):
-        relative = path.relative_to(root).as_posix()
-        if (
-            path.suffix.lower() in IMAGE_SUFFIXES
-            and relative not in used_set
-            and not path.with_suffix(".json").is_file()
-            and not any(part.startswith(".") for part in path.relative_to(root).parts)
-            and path.is_file()
-        ):
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # skip .git and co
+        for filename in sorted(filenames):
+            path = Path(dirpath) / filename
+            relative = path.relative_to(root).as_posix()
+            if (
+                filename.startswith(".")
+                or path.suffix.lower() not in IMAGE_SUFFIXES
+                or relative in used_set
+                or path.with_suffix(".json").is_file()
+            ):
+                continue
             problems.append(
                 Problem(
                     relative,
