@@ -244,6 +244,7 @@ def _process(
     workers: int,
     on_result: Callable[[SampleResult], None],
 ) -> list[SampleResult]:
+    """Run ``prepare_sample`` on every item, in input order, in ``workers`` processes."""
     work = partial(prepare_sample, config=config)
     if workers <= 1 or len(items) <= 2:
         results = []
@@ -263,7 +264,11 @@ def _process(
 
 
 def _progress(enabled: bool, total: int) -> Iterator[Callable[[SampleResult], None]]:
-    """A callback advancing a rich progress bar (or doing nothing when disabled)."""
+    """Yields one callback advancing a rich progress bar (a no-op when disabled).
+
+    A generator so the bar's ``with`` block stays open while the caller works and closes when
+    the caller closes the generator.
+    """
     if not enabled:
         yield lambda _result: None
         return
@@ -319,6 +324,7 @@ def run(settings: PrepareSettings) -> PrepareResult:
     # The previous split lives in the output folder that is about to be cleared: read it first.
     previous, split_source = _previous_split(settings, out_dir)
     _clear_output(out_dir, settings.overwrite)
+    timings = {"discover_s": time.perf_counter() - started}
 
     config = SampleConfig(
         out_dir=out_dir,
@@ -342,6 +348,7 @@ def run(settings: PrepareSettings) -> PrepareResult:
         results = _process(items, config, workers, on_result)
     finally:
         progress.close()
+    timings["process_s"] = time.perf_counter() - started - sum(timings.values())
 
     bad = [r for r in results if not r.ok]
     if bad and settings.on_bad_file == "fail":
@@ -452,19 +459,22 @@ def run(settings: PrepareSettings) -> PrepareResult:
     )
     atomic_write_json(out_dir / REPORT_NAME, report)
     write_resolved_settings(settings, out_dir)
+    timings["describe_s"] = time.perf_counter() - started - sum(timings.values())
+    # Completion markers last, after every image and mask is on disk.
+    flush_to_disk([out_dir / p for r in good for p in (image_relpath(r.id), mask_relpath(r.id))])
+    timings["sync_s"] = time.perf_counter() - started - sum(timings.values())
     elapsed = time.perf_counter() - started
     atomic_write_json(
         out_dir / RUN_INFO_NAME,
         {
             **run_provenance(),
             "elapsed_s": round(elapsed, 3),
+            "timings_s": {k: round(v, 3) for k, v in timings.items()},
             "workers": workers,
             # Run history, not data: kept out of the other files so re-runs are byte-identical.
             "split_history": split_history,
         },
     )
-    # Completion markers last, after every image and mask is on disk.
-    flush_to_disk([out_dir / p for r in good for p in (image_relpath(r.id), mask_relpath(r.id))])
     atomic_write_jsonl(out_dir / MANIFEST_NAME, [rec.to_json() for rec in records])
     result_doc = {
         "stage": "prepare",
