@@ -28,10 +28,17 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
+import numpy as np
+import orjson
+
 from vesselctl.data.images import decode_image_bytes, encode_png
+from vesselctl.data.labelme import parse_labelme_data, resolve_image_source
+from vesselctl.data.masks import LabelRoles, rasterize_shapes
 from vesselctl.data.samples import (
+    _polygons,
     flush_to_disk,
     init_worker,
+    sa2va_entry_text,
     worker_context,
     write_file_unsynced,
 )
@@ -119,6 +126,45 @@ def cpu_per_image(labelme_dir: Path, images: list[Path], root: Path, count: int)
     }
 
 
+def breakdown(labelme_dir: Path, root: Path, count: int) -> dict[str, float]:
+    """CPU milliseconds per file of each part of prepare's per-file work, in this process."""
+    roles = LabelRoles(frozenset({"vessel"}), frozenset({"hole"}))
+    out = root / "breakdown"
+    out.mkdir()
+    parts: dict[str, float] = {}
+
+    def tick(name: str, since: float) -> float:
+        now = time.process_time()
+        parts[name] = parts.get(name, 0.0) + now - since
+        return now
+
+    files = sorted(labelme_dir.glob("*.json"))[:count]
+    for path in files:
+        t = time.process_time()
+        data = orjson.loads(path.read_bytes())
+        t = tick("read + parse JSON (orjson)", t)
+        document, _ = parse_labelme_data(data, path)
+        t = tick("shapes to typed objects", t)
+        source, _ = resolve_image_source(document, [labelme_dir])
+        pixels = decode_image_bytes(source.read_bytes(), path.name)
+        t = tick("floor: read + decode image", t)
+        mask = rasterize_shapes(document.shapes, roles, 512, 512)
+        t = tick("rasterise shapes", t)
+        image_png = encode_png(pixels, "fast", "image")
+        t = tick("floor: encode image PNG", t)
+        write_file_unsynced(out / "image.png", image_png)
+        t = tick("floor: write image", t)
+        write_file_unsynced(
+            out / "mask.png", encode_png(mask.astype(np.uint8) * 255, "fast", "mask")
+        )
+        t = tick("encode + write mask", t)
+        polygons = _polygons(mask)
+        t = tick("Sa2VA polygons (contours)", t)
+        sa2va_entry_text("x.png", polygons, "blood vessels")
+        tick("Sa2VA entry text", t)
+    return {name: round(1000 * seconds / len(files), 2) for name, seconds in parts.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=1220, help="number of LabelMe files")
@@ -146,6 +192,11 @@ def main() -> None:
             prepare_runs.append(timed(run_prepare, labelme_dir, root / "prepared", args.workers))
         floor_s, prepare_s = min(floor_runs), min(prepare_runs)
         cpu = cpu_per_image(labelme_dir, images, root, min(args.count, args.cpu_images))
+        parts = (
+            breakdown(labelme_dir, root, min(args.count, args.cpu_images))
+            if args.size == 512
+            else {}
+        )
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         result = {
             "benchmark": "prepare",
@@ -162,6 +213,7 @@ def main() -> None:
             "prepare_images_per_s": round(args.count / prepare_s, 1),
             "prepare_over_floor": round(prepare_s / floor_s, 3),
             "single_process_cpu": cpu,
+            "cpu_ms_per_file_by_part": parts,
             "targets": {"prepare_images_per_s": 100, "prepare_over_floor_max": 1.5},
         }
     finally:
@@ -180,6 +232,10 @@ def main() -> None:
         f"prepare {result['prepare_images_per_s']:.0f} images/s (target >= 100); "
         f"load average {load}"
     )
+    if parts:
+        print("CPU ms per file, part by part (one process):")
+        for name, ms in parts.items():
+            print(f"  {name:<34} {ms:>6.2f}")
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
 
