@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -29,8 +28,20 @@ from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
+import numpy as np
+import orjson
+
 from vesselctl.data.images import decode_image_bytes, encode_png
-from vesselctl.data.samples import flush_to_disk, write_file_unsynced
+from vesselctl.data.labelme import parse_labelme_data, resolve_image_source
+from vesselctl.data.masks import LabelRoles, rasterize_shapes
+from vesselctl.data.samples import (
+    _polygons,
+    flush_to_disk,
+    init_worker,
+    sa2va_entry_text,
+    worker_context,
+    write_file_unsynced,
+)
 from vesselctl.data.synthetic import write_labelme_dataset
 from vesselctl.settings.prepare import PrepareSettings
 from vesselctl.stages import prepare as prepare_stage
@@ -67,7 +78,8 @@ def io_floor(images: list[Path], out_dir: Path, workers: int) -> None:
     """Decode + re-encode + write every image with ``workers`` processes."""
     jobs = [(str(p), str(out_dir / "images" / p.name)) for p in images]
     chunksize = max(1, min(16, len(jobs) // (workers * 8)))
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+    # Same process start-up as prepare's pool, so the comparison is of the per-image work.
+    with ProcessPoolExecutor(workers, mp_context=worker_context(), initializer=init_worker) as pool:
         list(pool.map(_floor_one, jobs, chunksize=chunksize))
     flush_to_disk([Path(t) for _, t in jobs])
 
@@ -79,25 +91,78 @@ def run_prepare(labelme_dir: Path, out_dir: Path, workers: int) -> None:
     prepare_stage.run(settings)
 
 
-def timed(func, *args) -> tuple[float, float]:
-    """Wall seconds and CPU seconds (this process + its finished worker processes).
-
-    CPU time is reported beside wall time because a shared machine's other load slows the wall
-    clock of both runs unequally; CPU seconds per image do not depend on it.
-    """
-    self_before = resource.getrusage(resource.RUSAGE_SELF)
-    kids_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+def timed(func, *args) -> float:
+    """Wall seconds of one call."""
     started = time.perf_counter()
     func(*args)
-    wall = time.perf_counter() - started
-    self_after = resource.getrusage(resource.RUSAGE_SELF)
-    kids_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = sum(
-        getattr(after, f) - getattr(before, f)
-        for before, after in ((self_before, self_after), (kids_before, kids_after))
-        for f in ("ru_utime", "ru_stime")
-    )
-    return wall, cpu
+    return time.perf_counter() - started
+
+
+def cpu_per_image(labelme_dir: Path, images: list[Path], root: Path, count: int) -> dict:
+    """CPU milliseconds per image of the floor and of prepare, each in this one process.
+
+    Reported beside the wall clock because other load on a shared machine slows both parallel
+    runs unequally; CPU time per image, measured without worker processes, does not depend on it.
+    """
+    subset = images[:count]
+    floor_dir = root / "cpu-floor"
+    started = time.process_time()
+    for path in subset:
+        _floor_one((str(path), str(floor_dir / "images" / path.name)))
+    floor_cpu = time.process_time() - started
+    sub_dir = root / "cpu-labelme"
+    sub_dir.mkdir()
+    for path in subset:
+        for suffix in (".json", ".png"):
+            shutil.copyfile(path.with_suffix(suffix), sub_dir / path.with_suffix(suffix).name)
+    started = time.process_time()
+    run_prepare(sub_dir, root / "cpu-prepared", 1)
+    prepare_cpu = time.process_time() - started
+    return {
+        "images": len(subset),
+        "floor_cpu_ms_per_image": round(1000 * floor_cpu / len(subset), 2),
+        "prepare_cpu_ms_per_image": round(1000 * prepare_cpu / len(subset), 2),
+        "prepare_over_floor_cpu": round(prepare_cpu / floor_cpu, 3),
+    }
+
+
+def breakdown(labelme_dir: Path, root: Path, count: int) -> dict[str, float]:
+    """CPU milliseconds per file of each part of prepare's per-file work, in this process."""
+    roles = LabelRoles(frozenset({"vessel"}), frozenset({"hole"}))
+    out = root / "breakdown"
+    out.mkdir()
+    parts: dict[str, float] = {}
+
+    def tick(name: str, since: float) -> float:
+        now = time.process_time()
+        parts[name] = parts.get(name, 0.0) + now - since
+        return now
+
+    files = sorted(labelme_dir.glob("*.json"))[:count]
+    for path in files:
+        t = time.process_time()
+        data = orjson.loads(path.read_bytes())
+        t = tick("read + parse JSON (orjson)", t)
+        document, _ = parse_labelme_data(data, path)
+        t = tick("shapes to typed objects", t)
+        source, _ = resolve_image_source(document, [labelme_dir])
+        pixels = decode_image_bytes(source.read_bytes(), path.name)
+        t = tick("floor: read + decode image", t)
+        mask = rasterize_shapes(document.shapes, roles, 512, 512)
+        t = tick("rasterise shapes", t)
+        image_png = encode_png(pixels, "fast", "image")
+        t = tick("floor: encode image PNG", t)
+        write_file_unsynced(out / "image.png", image_png)
+        t = tick("floor: write image", t)
+        write_file_unsynced(
+            out / "mask.png", encode_png(mask.astype(np.uint8) * 255, "fast", "mask")
+        )
+        t = tick("encode + write mask", t)
+        polygons = _polygons(mask)
+        t = tick("Sa2VA polygons (contours)", t)
+        sa2va_entry_text("x.png", polygons, "blood vessels")
+        tick("Sa2VA entry text", t)
+    return {name: round(1000 * seconds / len(files), 2) for name, seconds in parts.items()}
 
 
 def main() -> None:
@@ -107,6 +172,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--repeat", type=int, default=2, help="runs of each; the fastest counts")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--cpu-images", type=int, default=200, help="images for the single-process CPU figures"
+    )
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--workdir", type=Path, default=None, help="folder for the temp data")
     args = parser.parse_args()
@@ -122,8 +190,13 @@ def main() -> None:
             shutil.rmtree(floor_dir, ignore_errors=True)
             floor_runs.append(timed(io_floor, images, floor_dir, args.workers))
             prepare_runs.append(timed(run_prepare, labelme_dir, root / "prepared", args.workers))
-        floor_s, floor_cpu = min(floor_runs)
-        prepare_s, prepare_cpu = min(prepare_runs)
+        floor_s, prepare_s = min(floor_runs), min(prepare_runs)
+        cpu = cpu_per_image(labelme_dir, images, root, min(args.count, args.cpu_images))
+        parts = (
+            breakdown(labelme_dir, root, min(args.count, args.cpu_images))
+            if args.size == 512
+            else {}
+        )
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         result = {
             "benchmark": "prepare",
@@ -134,34 +207,35 @@ def main() -> None:
             "python": sys.version.split()[0],
             "generate_s": round(gen_s, 2),
             "load_average_1min_at_end": load,
-            "floor_wall_cpu_s": [[round(w, 3), round(c, 3)] for w, c in floor_runs],
-            "prepare_wall_cpu_s": [[round(w, 3), round(c, 3)] for w, c in prepare_runs],
+            "floor_wall_s": [round(t, 3) for t in floor_runs],
+            "prepare_wall_s": [round(t, 3) for t in prepare_runs],
             "floor_images_per_s": round(args.count / floor_s, 1),
             "prepare_images_per_s": round(args.count / prepare_s, 1),
             "prepare_over_floor": round(prepare_s / floor_s, 3),
-            "floor_cpu_ms_per_image": round(1000 * floor_cpu / args.count, 2),
-            "prepare_cpu_ms_per_image": round(1000 * prepare_cpu / args.count, 2),
-            "prepare_over_floor_cpu": round(prepare_cpu / floor_cpu, 3),
+            "single_process_cpu": cpu,
+            "cpu_ms_per_file_by_part": parts,
             "targets": {"prepare_images_per_s": 100, "prepare_over_floor_max": 1.5},
         }
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
-    rows = [
-        ("I/O floor (decode + PNG encode + write)", floor_s, floor_cpu),
-        ("vesselctl prepare", prepare_s, prepare_cpu),
-    ]
     print(f"{args.count} synthetic {args.size}x{args.size} LabelMe files, {args.workers} workers")
     print(f"{'what':<42} {'wall s':>8} {'images/s':>9} {'CPU ms/image':>13}")
-    for name, seconds, cpu in rows:
-        rate = args.count / seconds
-        print(f"{name:<42} {seconds:>8.2f} {rate:>9.1f} {1000 * cpu / args.count:>13.1f}")
+    for name, seconds, key in (
+        ("I/O floor (decode + PNG encode + write)", floor_s, "floor_cpu_ms_per_image"),
+        ("vesselctl prepare", prepare_s, "prepare_cpu_ms_per_image"),
+    ):
+        print(f"{name:<42} {seconds:>8.2f} {args.count / seconds:>9.1f} {cpu[key]:>13.1f}")
     print(
         f"prepare / floor: {result['prepare_over_floor']:.2f}x wall, "
-        f"{result['prepare_over_floor_cpu']:.2f}x CPU (target <= 1.5x); "
+        f"{cpu['prepare_over_floor_cpu']:.2f}x CPU (target <= 1.5x); "
         f"prepare {result['prepare_images_per_s']:.0f} images/s (target >= 100); "
         f"load average {load}"
     )
+    if parts:
+        print("CPU ms per file, part by part (one process):")
+        for name, ms in parts.items():
+            print(f"  {name:<34} {ms:>6.2f}")
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
 

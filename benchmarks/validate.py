@@ -6,6 +6,7 @@ all checks and statistics, no report written), and breaks one core's time per fi
 parts so a miss can be traced. Prints a table and writes JSON with --out.
 
     python benchmarks/validate.py --files 1220 --out validate_bench.json
+    python benchmarks/validate.py --files 1220 --cpus 0,1 --out validate_bench.json  # 2 cores
     python benchmarks/validate.py --files 40 --out /tmp/small.json      # quick CPU check
 """
 
@@ -80,7 +81,6 @@ def breakdown(folder: Path, sample: int) -> dict[str, float]:
         parts[name] = (time.process_time() - start) / len(files) * 1000.0
         return out
 
-    timed("json.loads", lambda i, p: json.loads(p.read_bytes()))
     docs = timed("parse_labelme (incl. json)", lambda i, p: parse_labelme(p)[0])
     images = timed("decode image", lambda i, p: read_image(p.with_suffix(".png")))
     timed("pixel hash", lambda i, p: pixel_digest(images[i]))
@@ -106,7 +106,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0, help="0 = every core")
     parser.add_argument("--breakdown", type=int, default=50, help="files for the breakdown")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
+    parser.add_argument(
+        "--cpus", help="pin to these CPUs, e.g. 0,1 for the 2-core target on a bigger machine"
+    )
     args = parser.parse_args()
+    if args.cpus:
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
 
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="vesselctl-bench-") as tmp:

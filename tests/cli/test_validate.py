@@ -64,3 +64,13 @@ def test_config_lists_validate_settings() -> None:
     assert result.exit_code == 0
     assert "checks.tiny_mask_pixels: 50" in result.stdout
     assert "labels.vessel: [vessel]" in result.stdout
+
+
+def test_user_text_with_brackets_is_printed_verbatim(tmp_path: Path) -> None:
+    make_labelme_dataset(tmp_path)
+    odd = shape([[1, 1], [9, 1], [5, 6]], "[b]")
+    edit_json(tmp_path / "img0.json", lambda d: d["shapes"].extend([odd, odd]))
+    result = runner.invoke(app, ["validate", str(tmp_path), "--show", "1", *IGNORE_NOTES])
+    assert result.exit_code == 1
+    assert "polygon '[b]'" in result.stdout and "[b] 2" in result.stdout
+    assert "1 more: --show 2 or --out DIR lists all" in result.stdout

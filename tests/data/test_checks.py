@@ -14,6 +14,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vesselctl.data.checks import (
     CHECKS,
@@ -307,6 +309,16 @@ def test_twist_is_silent_unless_asked(tmp_path: Path) -> None:
     assert "near (7, 7)" in problems[0].found
 
 
+def test_small_pockets_are_below_the_reporting_threshold(tmp_path: Path) -> None:
+    """A 2x2 square walked twice leaves 4 pixels empty: reported only from 4 pixels down."""
+    make_labelme_dataset(tmp_path)
+    square = [[20, 2], [22, 2], [22, 4], [20, 4]]
+    _set_shapes([shape(square + square)])(tmp_path)
+    assert labelme_problems(tmp_path, min_pocket_pixels=5) == []
+    (problem,) = labelme_problems(tmp_path, min_pocket_pixels=4)
+    assert problem.check == "self_intersection" and "leaving 4 pixels" in problem.found
+
+
 def test_geometry_check_on_shapes_directly() -> None:
     shapes = [
         LabelmeShape(0, "vessel", "circle", ((5.0, 5.0), (5.0, 5.0))),
@@ -488,3 +500,24 @@ def test_inputs_are_not_modified(tmp_path: Path) -> None:
     labelme_problems(tmp_path / "in")
     assert {p: p.read_bytes() for p in (tmp_path / "in").iterdir()} == before
     shutil.rmtree(tmp_path / "in")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    radii=st.lists(st.floats(2.0, 14.0), min_size=3, max_size=12),
+    centre=st.tuples(st.floats(14.0, 18.0), st.floats(14.0, 18.0)),
+)
+def test_pockets_are_exactly_the_doubly_wound_pixels(radii: list[float], centre: tuple) -> None:
+    """A star-shaped (simple) ring leaves no pocket; the same ring walked twice leaves every
+    pixel it encloses empty under the even-odd rule, which the rasteriser confirms."""
+    from vesselctl.data.checks import _pocket_pixels
+    from vesselctl.data.masks import fill_rings
+
+    angles = np.linspace(0, 2 * np.pi, len(radii), endpoint=False)
+    ring = np.stack(
+        [centre[0] + np.cos(angles) * radii, centre[1] + np.sin(angles) * radii], axis=1
+    )
+    assert _pocket_pixels(ring, (SIZE, SIZE)) == 0
+    enclosed = int(fill_rings([ring], SIZE, SIZE).sum())
+    assert _pocket_pixels(np.concatenate([ring, ring]), (SIZE, SIZE)) == enclosed
+    assert not fill_rings([np.concatenate([ring, ring])], SIZE, SIZE).any()

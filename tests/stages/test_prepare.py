@@ -307,3 +307,12 @@ def test_keeps_original_size_when_resize_is_off(tmp_path):
     sizes = sorted((r.height, r.width) for r in read_manifest(out))
     assert sizes == [(40, 40), (56, 56)]
     shutil.rmtree(out)
+
+
+def test_group_pattern_must_match_every_file_name(tmp_path):
+    src = tmp_path / "src"
+    write_labelme_dataset(src, 2, seed=1, sizes=(32,), embed_every=0)
+    (src / "P001_img0001.json").rename(src / "scan7.json")
+    with pytest.raises(DatasetError, match=r"1 file name\(s\) do not match.*scan7.json"):
+        prepare.run(settings(src, tmp_path / "out", split={"group_pattern": GROUPS}))
+    assert not (tmp_path / "out").exists()

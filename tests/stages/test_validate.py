@@ -73,6 +73,17 @@ def test_report_lists_every_problem_with_stats_and_settings(tmp_path: Path) -> N
     assert not list((tmp_path / "report").glob(".*.tmp"))
 
 
+def test_images_no_annotation_uses_are_reported(tmp_path: Path) -> None:
+    make_labelme_dataset(tmp_path, count=2)
+    shutil.copy(tmp_path / "img0.png", tmp_path / "forgotten.png")
+    (tmp_path / "img1.json").unlink()
+    result = stage.run(settings_for(tmp_path))
+    assert {(p.file, p.check) for p in result.problems} == {
+        ("forgotten.png", "unannotated_image"),
+        ("img1.png", "unannotated_image"),
+    }
+
+
 def test_strict_fails_on_warnings_only(tmp_path: Path) -> None:
     make_labelme_dataset(tmp_path)
     edit_json(tmp_path / "img0.json", lambda d: d.__setitem__("shapes", []))  # empty mask

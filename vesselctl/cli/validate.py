@@ -75,6 +75,7 @@ def validate(
 
 def _print_summary(result: ValidateResult, show: int) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     from vesselctl.data.checks import CHECKS
 
@@ -83,7 +84,9 @@ def _print_summary(result: ValidateResult, show: int) -> None:
         "prepared": "prepared images",
         "mask_folder": "image/mask pairs",
     }[result.kind]
-    console.print(f"validated {result.files} {what} in {result.path} ({result.seconds:.1f} s)")
+    console.print(
+        Text(f"validated {result.files} {what} in {result.path} ({result.seconds:.1f} s)")
+    )
     if result.by_check:
         table = Table(title="problems by check", title_justify="left")
         table.add_column("check")
@@ -105,8 +108,11 @@ def _print_summary(result: ValidateResult, show: int) -> None:
         listed.add_column("problem", overflow="fold")
         for problem in result.problems[:show]:
             style = "red" if problem.severity == "error" else "yellow"
-            listed.add_row(f"[{style}]{problem.severity}[/]", problem.message, style=None)
+            listed.add_row(f"[{style}]{problem.severity}[/]", Text(problem.message))
         console.print(listed)
+        hidden = len(result.problems) - min(show, len(result.problems))
+        if hidden and result.out_dir is None:
+            console.print(f"{hidden} more: --show {len(result.problems)} or --out DIR lists all")
     _print_stats(result.stats)
     verdict = "[bold red]FAILED[/]" if result.failed else "[bold green]PASSED[/]"
     strict = " (--strict: warnings fail too)" if result.strict else ""
@@ -114,7 +120,7 @@ def _print_summary(result: ValidateResult, show: int) -> None:
         f"{verdict}: {_count(result.errors, 'error')}, {_count(result.warnings, 'warning')}{strict}"
     )
     if result.out_dir is not None:
-        console.print(f"report: {result.out_dir / 'validation.json'}")
+        console.print(Text(f"report: {result.out_dir / 'validation.json'}"))
 
 
 def _count(n: int, noun: str) -> str:
@@ -131,6 +137,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 def _print_stats(stats: dict[str, Any]) -> None:
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="dataset statistics", show_header=False, title_justify="left")
     table.add_column("what", style="bold")
@@ -143,9 +150,9 @@ def _print_stats(stats: dict[str, Any]) -> None:
             "  by type", ", ".join(f"{k} {v}" for k, v in stats["shapes_by_type"].items())
         )
     if stats["shapes_by_label"]:
-        table.add_row(
-            "  by label", ", ".join(f"{k} {v}" for k, v in stats["shapes_by_label"].items())
-        )
+        # Labels are user text: no markup.
+        labels = ", ".join(f"{k} {v}" for k, v in stats["shapes_by_label"].items())
+        table.add_row("  by label", Text(labels))
     sizes = list(stats["image_sizes"].items())
     more = f", ... ({len(sizes) - 5} more sizes)" if len(sizes) > 5 else ""
     table.add_row("image sizes (HxW)", ", ".join(f"{k}: {v}" for k, v in sizes[:5]) + more)

@@ -2,17 +2,20 @@
 
 Every check has an id and a fixed severity (``CHECKS``): an *error* is something that makes
 training or evaluation wrong or impossible (unreadable files, wrong sizes, unknown labels,
-leakage between splits, masks that are not 0/255); a *warning* is something that is legal but
-usually a mistake (self-intersecting or zero-area shapes, points outside the image that will be
-clipped, empty or tiny masks, the same image twice within one split).
+leakage between splits, masks that are not binary, files changed since prepare); a *warning* is
+something legal but usually a mistake (zero-area shapes, crossing edges that leave pixels
+unfilled, points outside the image that will be clipped, empty or tiny masks, the same image twice
+within one split, images no annotation uses).
 
 A problem names the file (relative to the checked folder), the shape (``shapes[i]``, the index in
 the JSON's ``shapes`` list, counting from 0), what was found, what was expected and the fix.
+LabelMe files are read with prepare's own parser and rasteriser, so validate sees exactly what
+prepare would.
 """
 
 from __future__ import annotations
 
-import itertools
+import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -46,6 +49,7 @@ CHECKS: dict[str, CheckInfo] = {
         CheckInfo("json_schema", "error", "annotation lacks a LabelMe field or has a wrong type"),
         CheckInfo("labelme_warning", "warning", "annotation field that is odd but usable"),
         CheckInfo("image_missing", "error", "the image an annotation or record names is absent"),
+        CheckInfo("unannotated_image", "warning", "image in a LabelMe folder that no JSON uses"),
         CheckInfo("image_outside", "error", "imagePath points outside the dataset folder"),
         CheckInfo("image_unreadable", "error", "image file is truncated or not an image"),
         CheckInfo("size_mismatch", "error", "declared image size differs from the real image"),
@@ -61,9 +65,9 @@ CHECKS: dict[str, CheckInfo] = {
         CheckInfo("tiny_mask", "warning", "image has fewer vessel pixels than the threshold"),
         CheckInfo("duplicate_image", "warning", "same image content twice within one split"),
         CheckInfo("split_leakage", "error", "same image content in two different splits"),
-        CheckInfo("mask_missing", "error", "mask file of a prepared image is absent"),
+        CheckInfo("mask_missing", "error", "the mask of an image is absent"),
         CheckInfo("mask_unreadable", "error", "mask file is truncated or not an image"),
-        CheckInfo("mask_not_binary", "error", "mask is not single-channel with values 0/255"),
+        CheckInfo("mask_not_binary", "error", "mask not one channel of 0/255 (or 0/x as input)"),
         CheckInfo("mask_size_mismatch", "error", "mask and image differ in size"),
         CheckInfo("checksum_mismatch", "error", "file content differs from the manifest's sha256"),
     )
@@ -142,6 +146,7 @@ def check_shapes_geometry(
     image_size: tuple[int, int] | None,
     bounds_tolerance: float = 0.0,
     report_twists: bool = False,
+    min_pocket_pixels: int = 1,
 ) -> list[Problem]:
     """Geometry checks of a file's parsed shapes: zero area, crossing edges, points outside.
 
@@ -153,13 +158,14 @@ def check_shapes_geometry(
     All shapes of a file are checked in one vectorised pass (annotations converted from masks
     carry ~10,000 points per file; a Python loop per point or per shape would dominate).
     """
-    shapes = [s for s in shapes if s.points]
-    if not shapes:
+    arrays = [(s, s.array()) for s in shapes]
+    arrays = [(s, a) for s, a in arrays if len(a)]
+    if not arrays:
         return []
-    counts = np.fromiter((len(s.points) for s in shapes), dtype=np.int64, count=len(shapes))
+    shapes = [s for s, _ in arrays]
+    counts = np.fromiter((len(a) for _, a in arrays), dtype=np.int64, count=len(arrays))
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    flat = itertools.chain.from_iterable(itertools.chain.from_iterable(s.points for s in shapes))
-    points = np.fromiter(flat, dtype=np.float64, count=2 * int(counts.sum())).reshape(-1, 2)
+    points = np.concatenate([a for _, a in arrays])
     x, y = points[:, 0], points[:, 1]
     findings: dict[int, list[Problem]] = defaultdict(list)
 
@@ -202,8 +208,9 @@ def check_shapes_geometry(
                 continue
             ring = points[starts[k] : starts[k] + counts[k]]
             pocket = _pocket_pixels(ring, image_size)
-            if pocket:
-                effect = f"leaving {pocket} pixels it winds around twice unfilled"
+            if pocket >= min_pocket_pixels:
+                plural = "s" if pocket != 1 else ""
+                effect = f"leaving {pocket} pixel{plural} it winds around twice unfilled"
             elif report_twists:
                 effect = _twist_effect(polygon)
             else:
@@ -472,6 +479,40 @@ def pixel_digest(image: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def find_unannotated_images(root: Path, used: Iterable[str]) -> list[Problem]:
+    """Images under a LabelMe folder that no annotation uses (relative paths in ``used``).
+
+    An image with a JSON of the same stem beside it counts as annotated even when that JSON
+    could not be read (its own problems are reported already)."""
+    from vesselctl.data.sources import IMAGE_SUFFIXES
+
+    root = Path(root)
+    used_set = set(used)
+    problems = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # skip .git and co
+        for filename in sorted(filenames):
+            path = Path(dirpath) / filename
+            relative = path.relative_to(root).as_posix()
+            if (
+                filename.startswith(".")
+                or path.suffix.lower() not in IMAGE_SUFFIXES
+                or relative in used_set
+                or path.with_suffix(".json").is_file()
+            ):
+                continue
+            problems.append(
+                Problem(
+                    relative,
+                    "unannotated_image",
+                    "no LabelMe JSON in the folder uses this image",
+                    "an annotation for every image (prepare only reads images that JSON names)",
+                    "annotate it in LabelMe, or move it out of the folder if it is not data",
+                )
+            )
+    return problems
+
+
 def count_by_check(problems: Sequence[Problem]) -> dict[str, int]:
     """Number of problems per check id, in the order of ``CHECKS``."""
     counts = {check: 0 for check in CHECKS}
@@ -676,6 +717,8 @@ class LabelmeCheck:
     mask: np.ndarray | None
     shapes_by_type: dict[str, int]
     shapes_by_label: dict[str, int]
+    # The image file used, relative to the checked folder (None: embedded or not found).
+    image_file: str | None = None
 
 
 def check_labelme_file(
@@ -686,6 +729,7 @@ def check_labelme_file(
     tiny_mask_pixels: int = 0,
     bounds_tolerance: float = 0.0,
     report_twists: bool = False,
+    min_pocket_pixels: int = 1,
 ) -> LabelmeCheck:
     """Every per-file check of one LabelMe annotation, using the same parser and rasteriser as
     prepare: JSON and schema, the image (found, inside the folder, readable, declared size),
@@ -741,7 +785,7 @@ def check_labelme_file(
     # is reported once above, not again for every shape that now sticks out).
     drawn_on = declared or size
     problems += check_shapes_geometry(
-        relative, document.shapes, drawn_on, bounds_tolerance, report_twists
+        relative, document.shapes, drawn_on, bounds_tolerance, report_twists, min_pocket_pixels
     )
     drawable = []
     for shape in document.shapes:
@@ -782,4 +826,7 @@ def check_labelme_file(
     if size is not None:
         mask = rasterize_shapes(drawable, roles, size[0], size[1], options=options, name=relative)
         problems += check_mask_pixels(relative, int(np.count_nonzero(mask)), tiny_mask_pixels)
-    return LabelmeCheck(problems, image, mask, by_type, by_label)
+    image_file = None
+    if source is not None and source.path is not None:
+        image_file = source.path.relative_to(Path(root).resolve()).as_posix()
+    return LabelmeCheck(problems, image, mask, by_type, by_label, image_file)

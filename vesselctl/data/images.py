@@ -148,9 +148,10 @@ def resize_image(array: np.ndarray, height: int, width: int) -> np.ndarray:
 def _png_params(kind: str, mode: str) -> list[int]:
     """OpenCV PNG writer parameters.
 
-    ``fast`` (default): images use the Paeth filter with Huffman-only zlib (about 6x faster than
-    zlib level 1 and as small on noisy medical images); binary masks use no filter with
-    run-length zlib (long runs of 0 and 255). ``small``: zlib level 9 with adaptive filters.
+    ``fast`` (default): images use the Up filter with Huffman-only zlib (about 3x faster than
+    OpenCV's default at zlib level 1 and a little smaller on noisy angiograms; Paeth was 60 %
+    slower for 0.7 % fewer bytes); binary masks use no filter with run-length zlib (long runs
+    of 0 and 255). ``small``: zlib level 9 with adaptive filters.
     Both are lossless; the mode only trades time for bytes.
     """
     if mode == "small":
@@ -163,7 +164,7 @@ def _png_params(kind: str, mode: str) -> list[int]:
     else:
         params += [cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_HUFFMAN_ONLY]
         if hasattr(cv2, "IMWRITE_PNG_FILTER"):
-            params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_PAETH]
+            params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
     return params
 
 

@@ -8,6 +8,9 @@ report every bad file at once.
 
 from __future__ import annotations
 
+import json
+import multiprocessing
+import multiprocessing.context
 import os
 import tempfile
 from collections import Counter
@@ -43,6 +46,7 @@ class SampleConfig:
     raster: RasterOptions
     png_mode: str
     allowed_roots: tuple[Path, ...]
+    phrase: str = "blood vessels"
 
 
 @dataclass
@@ -56,7 +60,7 @@ class SampleResult:
     height: int = 0
     width: int = 0
     info: dict[str, Any] = field(default_factory=dict)
-    polygons: list[list[float]] = field(default_factory=list)
+    sa2va_entry: str = ""  # this image's entry of Sa2VA's annotations.json, as JSON text
 
     @property
     def ok(self) -> bool:
@@ -91,6 +95,27 @@ def flush_to_disk(paths: list[Path]) -> None:
             os.fsync(handle.fileno())
 
 
+def worker_context() -> multiprocessing.context.BaseContext:
+    """Process start method for prepare's workers.
+
+    forkserver: workers fork from a server process that imported numpy/OpenCV/this module once
+    (a fraction of spawn's start-up per worker) and it is safe where plain fork is not (the
+    parent runs a progress-bar thread). Windows has only spawn.
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__, "cv2", "shapely"])
+    return context
+
+
+def init_worker() -> None:
+    """One OpenCV thread per worker process: the pool already uses every core."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 def image_relpath(item_id: str) -> str:
     return f"images/{item_id}.png"
 
@@ -105,14 +130,42 @@ def _output_size(config: SampleConfig, in_h: int, in_w: int) -> tuple[int, int]:
     return config.height, config.width
 
 
-def _polygons(mask: np.ndarray) -> list[list[float]]:
-    """Flat COCO polygons of the mask, holes joined by zero-width bridges (see masks.py)."""
+def _polygons(mask: np.ndarray) -> list[np.ndarray]:
+    """Flat COCO polygons of the mask, holes joined by zero-width bridges (see masks.py).
+
+    Coordinates are quarter pixels ((i + 0.5) / 2 on the doubled grid), returned as the integer
+    arrays ``4 * coordinate`` so they can be written without float formatting.
+    """
     polygons = []
-    for region in mask_to_regions(mask, tolerance=0.2):
+    # Regions are OR-ed (one object), so nesting order does not matter: two-level contours.
+    for region in mask_to_regions(mask, nesting=False):
         ring = keyhole_polygon(region)
         if len(ring) >= 3:
-            polygons.append(np.round(ring, 2).ravel().tolist())
+            polygons.append(np.rint(ring.ravel() * 4).astype(np.int64))
     return polygons
+
+
+_QUARTERS: list[str] = []
+
+
+def _quarter_text(quarters: np.ndarray) -> str:
+    """``q / 4`` for each integer ``q`` as JSON numbers, through a table of their texts.
+
+    Formatting floats one by one was the largest cost of writing annotations.json (thousands
+    of coordinates per image); the coordinates take few distinct values, so look them up.
+    """
+    top = int(quarters.max()) + 1
+    if top > len(_QUARTERS):
+        _QUARTERS.extend(repr(q / 4) for q in range(len(_QUARTERS), top))
+    return ",".join(map(_QUARTERS.__getitem__, quarters.tolist()))
+
+
+def sa2va_entry_text(image_name: str, polygons: list[np.ndarray], phrase: str) -> str:
+    """One entry of Sa2VA's annotations.json: all polygons form one object (the vessels)."""
+    polygon_texts = ",".join("[" + _quarter_text(p) + "]" for p in polygons)
+    head = json.dumps({"image": image_name}, separators=(",", ":"))[:-1]
+    text = json.dumps([phrase], separators=(",", ":"))
+    return f'{head},"mask":[[{polygon_texts}]],"text":{text}}}'
 
 
 def _write_outputs(
@@ -126,7 +179,12 @@ def _write_outputs(
     result.info["sha256_image"] = sha256_bytes(image_png)
     result.info["sha256_mask"] = sha256_bytes(mask_png)
     result.info["vessel_fraction"] = round(float(mask.mean()), 6)
-    result.polygons = _polygons(mask)
+    polygons = _polygons(mask)
+    result.info["polygon_points"] = sum(len(p) // 2 for p in polygons)
+    if polygons:
+        # Encoded here, in the worker: serialising thousands of coordinates is real work and
+        # the main process would otherwise do it for every image, one after another.
+        result.sa2va_entry = sa2va_entry_text(f"{result.id}.png", polygons, config.phrase)
     if not mask.any():
         result.warnings.append(f"{result.relative}: the vessel mask is empty")
 

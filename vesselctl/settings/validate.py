@@ -27,7 +27,14 @@ class CheckSettings(Section):
         ge=0.0,
         description="Pixels a shape point may lie outside the image before it is reported.",
     )
-
+    min_pocket_pixels: int = Field(
+        5,
+        ge=1,
+        description=(
+            "Report a self-crossing polygon when its crossing leaves at least this many pixels "
+            "unfilled (smaller pockets change nothing that matters)."
+        ),
+    )
     report_twists: bool = Field(
         False,
         description=(
@@ -58,7 +65,10 @@ class ValidateSettings(Section):
     """Everything `vesselctl validate` needs."""
 
     path: Path = Field(
-        description="LabelMe folder, or a prepared dataset (a folder with manifest.jsonl)."
+        description=(
+            "LabelMe folder, folder of images with mask PNGs, or prepared dataset (a folder "
+            "with manifest.jsonl) to check."
+        )
     )
     out: Path | None = Field(
         None,

@@ -13,7 +13,6 @@ so a re-run on the same input gives byte-identical output.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -22,7 +21,6 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +31,10 @@ from vesselctl.data.samples import (
     SampleResult,
     flush_to_disk,
     image_relpath,
+    init_worker,
     mask_relpath,
     prepare_sample,
+    worker_context,
 )
 from vesselctl.data.sources import (
     SourceItem,
@@ -209,29 +209,33 @@ def _previous_split(settings: PrepareSettings, out_dir: Path) -> tuple[StoredSpl
     return stored, str(existing)
 
 
-def _group_of(item_id: str, relative: str, pattern: str | None) -> str:
-    """The group key of a source; without a pattern each image is its own group."""
+def _groups(items: Sequence[SourceItem], pattern: str | None) -> dict[str, str]:
+    """Group key per id; without a pattern each image is its own group.
+
+    Every file name the pattern does not match is listed in one error.
+    """
     if pattern is None:
-        return item_id
-    key = group_key(Path(relative).name, pattern)
-    if key is None:
+        return {item.id: item.id for item in items}
+    groups: dict[str, str] = {}
+    unmatched: list[str] = []
+    for item in items:
+        key = group_key(Path(item.relative).name, pattern)
+        if key is None:
+            unmatched.append(item.relative)
+        else:
+            groups[item.id] = key
+    if unmatched:
+        shown = ", ".join(unmatched[:10]) + (" ..." if len(unmatched) > 10 else "")
         raise DatasetError(
-            f"{relative}: the file name does not match split.group_pattern {pattern!r}; fix the "
-            "pattern or rename the file"
+            f"{len(unmatched)} file name(s) do not match split.group_pattern {pattern!r}: "
+            f"{shown}; fix the pattern or rename the files"
         )
-    return key
+    return groups
 
 
 # ---------------------------------------------------------------------------------------------
 # Parallel per-file work
 # ---------------------------------------------------------------------------------------------
-
-
-def _worker_init() -> None:
-    # One OpenCV thread per process: the pool already uses every core.
-    import cv2
-
-    cv2.setNumThreads(1)
 
 
 def _process(
@@ -240,6 +244,7 @@ def _process(
     workers: int,
     on_result: Callable[[SampleResult], None],
 ) -> list[SampleResult]:
+    """Run ``prepare_sample`` on every item, in input order, in ``workers`` processes."""
     work = partial(prepare_sample, config=config)
     if workers <= 1 or len(items) <= 2:
         results = []
@@ -248,9 +253,8 @@ def _process(
             on_result(results[-1])
         return results
     chunksize = max(1, min(16, len(items) // (workers * 8)))
-    # spawn, not fork: the progress bar runs a thread and forking a threaded process is unsafe.
     with ProcessPoolExecutor(
-        max_workers=workers, mp_context=get_context("spawn"), initializer=_worker_init
+        max_workers=workers, mp_context=worker_context(), initializer=init_worker
     ) as pool:
         results = []
         for result in pool.map(work, items, chunksize=chunksize):
@@ -260,7 +264,11 @@ def _process(
 
 
 def _progress(enabled: bool, total: int) -> Iterator[Callable[[SampleResult], None]]:
-    """A callback advancing a rich progress bar (or doing nothing when disabled)."""
+    """Yields one callback advancing a rich progress bar (a no-op when disabled).
+
+    A generator so the bar's ``with`` block stays open while the caller works and closes when
+    the caller closes the generator.
+    """
     if not enabled:
         yield lambda _result: None
         return
@@ -288,17 +296,13 @@ def _progress(enabled: bool, total: int) -> Iterator[Callable[[SampleResult], No
 # ---------------------------------------------------------------------------------------------
 
 
-def _sa2va_annotations(
-    results: Sequence[SampleResult], plan: SplitPlan, phrase: str
-) -> dict[str, list[dict[str, Any]]]:
-    per_split: dict[str, list[dict[str, Any]]] = {split: [] for split in SPLITS}
+def _sa2va_annotations(results: Sequence[SampleResult], plan: SplitPlan) -> dict[str, str]:
+    """annotations.json text per split, joined from the entries the workers encoded."""
+    per_split: dict[str, list[str]] = {split: [] for split in SPLITS}
     for result in sorted(results, key=lambda r: r.id):
-        if not result.polygons:
-            continue
-        per_split[plan.assignment[result.id]].append(
-            {"image": f"{result.id}.png", "mask": [result.polygons], "text": [phrase]}
-        )
-    return per_split
+        if result.sa2va_entry:
+            per_split[plan.assignment[result.id]].append(result.sa2va_entry)
+    return {split: "[" + ",\n".join(entries) + "]\n" for split, entries in per_split.items()}
 
 
 def _sum_counts(dicts: Sequence[dict[str, int]]) -> dict[str, int]:
@@ -315,11 +319,12 @@ def run(settings: PrepareSettings) -> PrepareResult:
 
     # Sources are found before the output folder is touched: a wrong input changes nothing.
     input_format, items = _find_sources(settings, input_dir)
-    groups = {i.id: _group_of(i.id, i.relative, settings.split.group_pattern) for i in items}
+    groups = _groups(items, settings.split.group_pattern)
 
     # The previous split lives in the output folder that is about to be cleared: read it first.
     previous, split_source = _previous_split(settings, out_dir)
     _clear_output(out_dir, settings.overwrite)
+    timings = {"discover_s": time.perf_counter() - started}
 
     config = SampleConfig(
         out_dir=out_dir,
@@ -332,6 +337,7 @@ def run(settings: PrepareSettings) -> PrepareResult:
         ),
         raster=RasterOptions(settings.raster.line_width, settings.raster.point_radius),
         png_mode=settings.resize.png,
+        phrase=settings.prompt.phrase,
         allowed_roots=(input_dir.resolve(),),
     )
     workers = settings.workers or os.cpu_count() or 1
@@ -342,6 +348,7 @@ def run(settings: PrepareSettings) -> PrepareResult:
         results = _process(items, config, workers, on_result)
     finally:
         progress.close()
+    timings["process_s"] = time.perf_counter() - started - sum(timings.values())
 
     bad = [r for r in results if not r.ok]
     if bad and settings.on_bad_file == "fail":
@@ -404,7 +411,7 @@ def run(settings: PrepareSettings) -> PrepareResult:
         "counts": plan.counts(),
         "skipped": [{"source": r.relative, "errors": r.errors} for r in bad],
         "warnings": warnings,
-        "empty_masks": [r.id for r in good if not r.polygons],
+        "empty_masks": [r.id for r in good if not r.sa2va_entry],
         "raster": {
             "line_width_px": settings.raster.line_width,
             "point_radius_px": settings.raster.point_radius,
@@ -444,32 +451,30 @@ def run(settings: PrepareSettings) -> PrepareResult:
         },
     }
 
-    for split_name, entries in _sa2va_annotations(good, plan, prompt.phrase).items():
-        # Compact on purpose: indented output goes through json's pure-Python encoder, which
-        # took longer than all the image work together on thousands of polygon coordinates.
-        atomic_write_text(
-            out_dir / SA2VA_DIR / split_name / "annotations.json",
-            json.dumps(entries, separators=(",", ":")) + "\n",
-        )
+    for split_name, text in _sa2va_annotations(good, plan).items():
+        atomic_write_text(out_dir / SA2VA_DIR / split_name / "annotations.json", text)
     atomic_write_json(
         out_dir / SPLITS_NAME,
         splits_document(plan, split.seed, split.val, split.test, split.group_pattern),
     )
     atomic_write_json(out_dir / REPORT_NAME, report)
     write_resolved_settings(settings, out_dir)
+    timings["describe_s"] = time.perf_counter() - started - sum(timings.values())
+    # Completion markers last, after every image and mask is on disk.
+    flush_to_disk([out_dir / p for r in good for p in (image_relpath(r.id), mask_relpath(r.id))])
+    timings["sync_s"] = time.perf_counter() - started - sum(timings.values())
     elapsed = time.perf_counter() - started
     atomic_write_json(
         out_dir / RUN_INFO_NAME,
         {
             **run_provenance(),
             "elapsed_s": round(elapsed, 3),
+            "timings_s": {k: round(v, 3) for k, v in timings.items()},
             "workers": workers,
             # Run history, not data: kept out of the other files so re-runs are byte-identical.
             "split_history": split_history,
         },
     )
-    # Completion markers last, after every image and mask is on disk.
-    flush_to_disk([out_dir / p for r in good for p in (image_relpath(r.id), mask_relpath(r.id))])
     atomic_write_jsonl(out_dir / MANIFEST_NAME, [rec.to_json() for rec in records])
     result_doc = {
         "stage": "prepare",

@@ -44,6 +44,7 @@ class FileOutcome:
     digest: str | None
     stats: ImageStats | None
     overlay_written: bool = False
+    image_file: str | None = None  # LabelMe: the image file the annotation uses
 
 
 @dataclass
@@ -104,11 +105,16 @@ def run(settings: ValidateSettings, progress: Progress | None = None) -> Validat
     # 2. Per-file checks, spread over processes; results come back in input order.
     outcomes = list(_map_files(settings, kind, tasks, progress))
 
-    # 3. Checks across files: identical pixels in two files (leakage when splits differ).
+    # 3. Checks across files: identical pixels in two files (leakage when splits differ);
+    #    images in a LabelMe folder that no annotation uses.
     problems = [p for outcome in outcomes for p in outcome.problems]
     problems += checks.find_duplicates(
         HashedImage(o.file, o.split, o.digest) for o in outcomes if o.digest is not None
     )
+    if kind == "labelme":
+        problems += checks.find_unannotated_images(
+            root, (o.image_file for o in outcomes if o.image_file)
+        )
     problems.sort(key=_problem_order)
 
     # 4. Statistics over every file whose image could be read.
@@ -240,6 +246,7 @@ def _worker_init() -> None:
 def _check_one(item: tuple[ValidateSettings, Kind, Any, bool]) -> FileOutcome:
     """Check one file, measure its statistics and draw its overlay when asked."""
     settings, kind, task, measure_widths = item
+    image_file: str | None = None
     root = Path(settings.path)
     if kind == "prepared":
         record: ManifestRecord = task
@@ -271,9 +278,11 @@ def _check_one(item: tuple[ValidateSettings, Kind, Any, bool]) -> FileOutcome:
             settings.checks.tiny_mask_pixels,
             settings.checks.bounds_tolerance,
             settings.checks.report_twists,
+            settings.checks.min_pocket_pixels,
         )
         problems, image, mask = labelme.problems, labelme.image, labelme.mask
         by_type, by_label = labelme.shapes_by_type, labelme.shapes_by_label
+        image_file = labelme.image_file
         overlay_name = str(Path(file).with_suffix(".png"))
 
     digest = checks.pixel_digest(image) if image is not None else None
@@ -294,7 +303,7 @@ def _check_one(item: tuple[ValidateSettings, Kind, Any, bool]) -> FileOutcome:
             overlay = draw_overlay(image, usable_mask)
             atomic_write_bytes(Path(settings.overlays) / overlay_name, encode_png(overlay))
             overlay_written = True
-    return FileOutcome(file, split, problems, digest, stats, overlay_written)
+    return FileOutcome(file, split, problems, digest, stats, overlay_written, image_file)
 
 
 def _counts(value: Any) -> dict[str, int]:
