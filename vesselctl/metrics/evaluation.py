@@ -262,6 +262,8 @@ def _start_method() -> str:
     fork starts workers in milliseconds with every module already imported and does not re-run
     the caller's main script; it is unsafe once other threads or a CUDA context exist (e.g.
     ``evaluate --ckpt`` after running a model), where a clean forkserver/spawn child is used.
+    Worker code uses numpy, scipy, scikit-image and PIL only: OpenCV's thread pool does not
+    survive a fork (calling it in a forked child can hang), so the workers never call OpenCV.
     """
     import multiprocessing
     import sys
@@ -275,19 +277,12 @@ def _start_method() -> str:
     return "forkserver" if "forkserver" in methods else "spawn"
 
 
-def _worker_init() -> None:
-    """One OpenCV thread per worker: the pool already uses every core."""
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
 def _pool(workers: int) -> ProcessPoolExecutor:
     """A process pool started with ``_start_method()``."""
     import multiprocessing
 
     context = multiprocessing.get_context(_start_method())
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
 
 
 def parallel_map(func: Any, tasks: Sequence[Any], workers: int) -> list[Any]:
