@@ -104,6 +104,13 @@ def test_sweep_on_the_evaluated_split_is_refused(project) -> None:
         stage.run(masks)
 
 
+def test_default_output_folder_sits_next_to_the_predictions(project, monkeypatch) -> None:
+    monkeypatch.chdir(project / "prob")
+    result = stage.run(_settings(pred=".", gt=project / "data", workers=1))
+    assert result.out_dir.resolve() == (project / "prob-eval").resolve()
+    assert (project / "prob-eval" / "result.json").is_file()
+
+
 def test_output_inside_an_input_is_refused(project) -> None:
     settings = _settings(pred=project / "prob", gt=project / "data", out=project / "prob" / "x")
     with pytest.raises(ConfigError, match="inputs are never written to"):

@@ -114,7 +114,7 @@ def _same_folder(a: Path | None, b: Path | None) -> bool:
 
 def _output_folder(settings: EvaluateSettings) -> Path:
     """The output folder; it must not be (or sit inside) an input folder."""
-    pred = Path(settings.pred)  # type: ignore[arg-type]
+    pred = Path(settings.pred).resolve()  # type: ignore[arg-type]
     out = Path(settings.out) if settings.out is not None else pred.parent / f"{pred.name}-eval"
     inputs = {
         "--pred": settings.pred,
