@@ -18,7 +18,7 @@ or missing), the counts tp/fp/fn/tn and the metrics. A missing prediction (only 
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -285,14 +285,28 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(max_workers=workers, mp_context=context)
 
 
-def parallel_map(func: Any, tasks: Sequence[Any], workers: int) -> list[Any]:
-    """``[func(t) for t in tasks]`` over ``workers`` processes, in order."""
+def parallel_map(
+    func: Any, tasks: Sequence[Any], workers: int, on_done: Callable[[], None] | None = None
+) -> list[Any]:
+    """``[func(t) for t in tasks]`` over ``workers`` processes, in order.
+
+    ``on_done`` is called once per finished task (e.g. to advance a progress bar).
+    """
     n = resolve_workers(workers, len(tasks))
+    results: list[Any] = []
     if n == 1:
-        return [func(t) for t in tasks]
+        for task in tasks:
+            results.append(func(task))
+            if on_done is not None:
+                on_done()
+        return results
     chunk = max(1, min(32, len(tasks) // (n * 4)))
     with _pool(n) as pool:
-        return list(pool.map(func, tasks, chunksize=chunk))
+        for result in pool.map(func, tasks, chunksize=chunk):
+            results.append(result)
+            if on_done is not None:
+                on_done()
+    return results
 
 
 def _fill_missing_auc(rows: list[dict[str, Any]]) -> None:
@@ -326,13 +340,16 @@ def evaluate_files(
     threshold: float = 0.5,
     metrics: Collection[str] | None = None,
     workers: int = 0,
+    on_done: Callable[[], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Per-image rows for matched files, computed over ``workers`` processes (0: all cores).
 
     Every size mismatch is collected and reported together before anything is aggregated.
+    ``on_done`` is called after each image (progress reporting).
     """
     wanted = tuple(metrics) if metrics is not None else None
-    rows = parallel_map(_evaluate_case, [(c, threshold, wanted) for c in cases], workers)
+    tasks = [(c, threshold, wanted) for c in cases]
+    rows = parallel_map(_evaluate_case, tasks, workers, on_done)
     _raise_row_errors(rows)
     _fill_missing_auc(rows)
     return rows
