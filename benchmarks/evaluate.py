@@ -12,7 +12,9 @@ map per prediction, then times, in one run:
    pairs;
 
 and checks that 2 and 4 agree to 1e-9 on every metric of every image. Timings include starting
-the process pool. Prints a table and writes JSON (``--out``); exits 1 if results differ.
+the process pool. CPU time (this process plus its pool workers) is reported next to wall time
+because it depends far less on other load on the machine. Prints a table and writes JSON
+(``--out``); exits 1 if results differ.
 
     python benchmarks/evaluate.py --n 1000 --size 512 --workers 2 --out bench_evaluate.json
     python benchmarks/evaluate.py --n 20 --size 128 --workers 2        # quick check
@@ -79,6 +81,15 @@ def make_pair(seed: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return gt.astype(bool), threshold_probability(prob, 0.5), prob
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process plus its finished children (the pool workers), user + system."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def _time_from_files(pairs: list, workers: int) -> float:
     """Seconds to score the pairs from PNG files (8-bit probability maps) like the stage does."""
     import tempfile
@@ -127,22 +138,24 @@ def main() -> int:
     generate_s = time.perf_counter() - start
     items = [(f"case{i:05d}", pred, gt, prob, None) for i, (gt, pred, prob) in enumerate(pairs)]
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_seconds()
     for _, pred, gt, _, _ in items:
         compute_image_metrics(pred, gt, metrics=CONFUSION_METRICS)
-    confusion_s = time.perf_counter() - start
+    confusion_s, confusion_cpu = time.perf_counter() - start, _cpu_seconds() - cpu
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_seconds()
     ours = evaluate_arrays(items, metrics=METRIC_NAMES, workers=args.workers)
-    full_s = time.perf_counter() - start
+    full_s, full_cpu = time.perf_counter() - start, _cpu_seconds() - cpu
 
-    files_s = None
+    files_s = files_cpu = None
     if args.from_files:
+        cpu = _cpu_seconds()
         files_s = _time_from_files(pairs, args.workers)
+        files_cpu = _cpu_seconds() - cpu
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_seconds()
     reference = parallel_map(_reference_task, items[:ref_n], args.workers)
-    reference_s = time.perf_counter() - start
+    reference_s, reference_cpu = time.perf_counter() - start, _cpu_seconds() - cpu
     ours_per_image_s = full_s / args.n
     reference_per_image_s = reference_s / ref_n
 
@@ -157,22 +170,24 @@ def main() -> int:
     identical = all(v <= TOLERANCE for v in worst.values())
 
     rows = [
-        ("confusion metrics only, 1 process", args.n, confusion_s, args.n / confusion_s),
-        (f"all metrics, {args.workers} processes", args.n, full_s, args.n / full_s),
-        (f"reference, {args.workers} processes", ref_n, reference_s, ref_n / reference_s),
+        ("confusion metrics only, 1 process", args.n, confusion_s, confusion_cpu),
+        (f"all metrics, {args.workers} processes", args.n, full_s, full_cpu),
+        (f"reference, {args.workers} processes", ref_n, reference_s, reference_cpu),
     ]
     if files_s is not None:
         name = f"all metrics from PNG files, {args.workers} proc."
-        rows.insert(2, (name, args.n, files_s, args.n / files_s))
+        rows.insert(2, (name, args.n, files_s, files_cpu))
     load = os.getloadavg()
     print(
         f"{args.n} pairs of {args.size}x{args.size} vessel masks (generated in {generate_s:.1f}s)"
     )
-    print(f"{'what':<38} {'images':>7} {'seconds':>9} {'images/s':>10}")
-    for name, count, seconds, rate in rows:
-        print(f"{name:<38} {count:>7} {seconds:>9.2f} {rate:>10.1f}")
+    print(f"{'what':<38} {'images':>7} {'seconds':>9} {'images/s':>10} {'CPU ms/image':>13}")
+    for name, count, seconds, cpu_s in rows:
+        per = cpu_s / count * 1000
+        print(f"{name:<38} {count:>7} {seconds:>9.2f} {count / seconds:>10.1f} {per:>13.2f}")
     speedup = reference_per_image_s / ours_per_image_s
-    print(f"speed-up over the reference (per image): {speedup:.1f}x")
+    cpu_speedup = (reference_cpu / ref_n) / (full_cpu / args.n)
+    print(f"speed-up over the reference (per image): {speedup:.1f}x wall, {cpu_speedup:.1f}x CPU")
     print(f"load average after the run (1, 5, 15 min): {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     print(
         f"largest |difference| over {ref_n} images: {max(worst.values()):.3g} "
@@ -195,6 +210,13 @@ def main() -> int:
             "all_metrics_images_per_s": args.n / full_s,
             "reference_images_per_s": ref_n / reference_s,
             "speedup": speedup,
+            "cpu_ms_per_image": {
+                "confusion": confusion_cpu / args.n * 1000,
+                "all_metrics": full_cpu / args.n * 1000,
+                "all_metrics_from_files": None if files_cpu is None else files_cpu / args.n * 1000,
+                "reference": reference_cpu / ref_n * 1000,
+            },
+            "cpu_speedup": cpu_speedup,
             "max_abs_difference": worst,
             "identical": identical,
         }

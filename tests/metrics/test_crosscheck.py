@@ -8,6 +8,9 @@ import math
 from pathlib import Path
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis.extra.numpy import arrays
+from hypothesis.strategies import integers, tuples
 from scipy import ndimage
 from skimage.measure import label
 from skimage.morphology import skeletonize
@@ -130,3 +133,16 @@ def test_every_metric_matches_the_per_metric_reference() -> None:
                 assert math.isnan(ours[key]), key
             else:
                 assert abs(ours[key] - value) <= TOL, (key, ours[key], value)
+
+
+def _betti_by_labelling(mask: np.ndarray) -> tuple[int, int]:
+    b0 = int(label(mask, connectivity=2).max())
+    background = label(~mask, connectivity=1)
+    edge = np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]])
+    return b0, len(set(np.unique(background).tolist()) - {0} - set(edge.tolist()))
+
+
+@settings(max_examples=150, deadline=None)
+@given(arrays(bool, tuples(integers(1, 9), integers(1, 9))))
+def test_betti_numbers_match_labelling_on_any_pattern(mask: np.ndarray) -> None:
+    assert betti_numbers(mask) == _betti_by_labelling(mask)

@@ -15,7 +15,7 @@ from vesselctl.metrics import (
     match_cases,
     sweep_thresholds,
 )
-from vesselctl.metrics.io import read_prediction
+from vesselctl.metrics.io import read_binary_mask, read_prediction
 
 from .evaluate_data import noisy_prob, save_mask, save_prob, vessel_mask, write_prepared_dataset
 
@@ -53,6 +53,18 @@ def test_prediction_kinds_are_read_and_thresholded(tmp_path) -> None:
         assert (read.mask == (prob >= 0.5)).mean() > 0.99, name
     p16 = read_prediction(tmp_path / "p16.png", 0.5)
     assert p16.prob.dtype == np.uint16
+
+
+def test_palette_masks_grey_and_colour(tmp_path) -> None:
+    mask = np.zeros((6, 8), bool)
+    mask[2:4, 1:7] = True
+    grey = Image.fromarray(mask.astype(np.uint8) * 255).convert("P")
+    grey.save(tmp_path / "grey.gif")
+    labels = Image.fromarray(mask.astype(np.uint8), mode="L").convert("P")
+    labels.putpalette([0, 0, 0, 200, 0, 0] + [0] * 762)  # index 1 drawn red: a label map
+    labels.save(tmp_path / "labels.png")
+    assert np.array_equal(read_binary_mask(tmp_path / "grey.gif"), mask)
+    assert np.array_equal(read_binary_mask(tmp_path / "labels.png"), mask)
 
 
 @pytest.mark.parametrize(

@@ -81,6 +81,21 @@ def test_run_writes_a_complete_folder(project) -> None:
     assert result_json["n_images"] == 5
 
 
+def test_progress_callback_counts_every_image(project) -> None:
+    calls: list[int] = []
+    totals: list[int] = []
+
+    def progress(total: int):
+        totals.append(total)
+        return lambda: calls.append(1)
+
+    settings = _settings(pred=project / "prob", gt=project / "data", out=project / "p", workers=2)
+    settings.overlays.k = 0
+    stage.run(settings, progress)
+    assert totals == [5] and len(calls) == 5
+    assert not (project / "p" / "overlays").exists()
+
+
 def test_sweep_chooses_on_validation_and_reports_it(project) -> None:
     settings = _settings(pred=project / "prob", gt=project / "data", out=project / "e", workers=1)
     settings.threshold.sweep = True
@@ -102,6 +117,13 @@ def test_sweep_on_the_evaluated_split_is_refused(project) -> None:
     masks.threshold.sweep = True
     with pytest.raises(ConfigError, match="sweep_gt"):
         stage.run(masks)
+
+
+def test_default_output_folder_sits_next_to_the_predictions(project, monkeypatch) -> None:
+    monkeypatch.chdir(project / "prob")
+    result = stage.run(_settings(pred=".", gt=project / "data", workers=1))
+    assert result.out_dir.resolve() == (project / "prob-eval").resolve()
+    assert (project / "prob-eval" / "result.json").is_file()
 
 
 def test_output_inside_an_input_is_refused(project) -> None:

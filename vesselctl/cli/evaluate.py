@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from vesselctl.cli.common import ConfigOption, SetOption, console, handle_errors, overrides
+from vesselctl.cli.common import (
+    ConfigOption,
+    SetOption,
+    console,
+    handle_errors,
+    overrides,
+    stdout_is_tty,
+)
 from vesselctl.settings.base import field_help, load_settings
 from vesselctl.settings.evaluate import EvaluateSettings
 
@@ -94,7 +102,18 @@ def evaluate(
         "workers": workers,
     }
     settings = load_settings(EvaluateSettings, config, overrides(set_), flags)
-    result = stage.run(settings)
+    if stdout_is_tty():
+        from rich.progress import Progress
+
+        with Progress(console=console, transient=True) as bar:
+
+            def progress(total: int) -> Callable[[], None]:
+                task = bar.add_task("scoring images", total=total)
+                return lambda: bar.advance(task)
+
+            result = stage.run(settings, progress)
+    else:
+        result = stage.run(settings)
 
     from rich.table import Table
 

@@ -18,7 +18,7 @@ or missing), the counts tp/fp/fn/tn and the metrics. A missing prediction (only 
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,6 +262,8 @@ def _start_method() -> str:
     fork starts workers in milliseconds with every module already imported and does not re-run
     the caller's main script; it is unsafe once other threads or a CUDA context exist (e.g.
     ``evaluate --ckpt`` after running a model), where a clean forkserver/spawn child is used.
+    Worker code uses numpy, scipy, scikit-image and PIL only: OpenCV's thread pool does not
+    survive a fork (calling it in a forked child can hang), so the workers never call OpenCV.
     """
     import multiprocessing
     import sys
@@ -275,29 +277,36 @@ def _start_method() -> str:
     return "forkserver" if "forkserver" in methods else "spawn"
 
 
-def _worker_init() -> None:
-    """One OpenCV thread per worker: the pool already uses every core."""
-    import cv2
-
-    cv2.setNumThreads(1)
-
-
 def _pool(workers: int) -> ProcessPoolExecutor:
     """A process pool started with ``_start_method()``."""
     import multiprocessing
 
     context = multiprocessing.get_context(_start_method())
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
 
 
-def parallel_map(func: Any, tasks: Sequence[Any], workers: int) -> list[Any]:
-    """``[func(t) for t in tasks]`` over ``workers`` processes, in order."""
+def parallel_map(
+    func: Any, tasks: Sequence[Any], workers: int, on_done: Callable[[], None] | None = None
+) -> list[Any]:
+    """``[func(t) for t in tasks]`` over ``workers`` processes, in order.
+
+    ``on_done`` is called once per finished task (e.g. to advance a progress bar).
+    """
     n = resolve_workers(workers, len(tasks))
+    results: list[Any] = []
     if n == 1:
-        return [func(t) for t in tasks]
+        for task in tasks:
+            results.append(func(task))
+            if on_done is not None:
+                on_done()
+        return results
     chunk = max(1, min(32, len(tasks) // (n * 4)))
     with _pool(n) as pool:
-        return list(pool.map(func, tasks, chunksize=chunk))
+        for result in pool.map(func, tasks, chunksize=chunk):
+            results.append(result)
+            if on_done is not None:
+                on_done()
+    return results
 
 
 def _fill_missing_auc(rows: list[dict[str, Any]]) -> None:
@@ -331,13 +340,16 @@ def evaluate_files(
     threshold: float = 0.5,
     metrics: Collection[str] | None = None,
     workers: int = 0,
+    on_done: Callable[[], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Per-image rows for matched files, computed over ``workers`` processes (0: all cores).
 
     Every size mismatch is collected and reported together before anything is aggregated.
+    ``on_done`` is called after each image (progress reporting).
     """
     wanted = tuple(metrics) if metrics is not None else None
-    rows = parallel_map(_evaluate_case, [(c, threshold, wanted) for c in cases], workers)
+    tasks = [(c, threshold, wanted) for c in cases]
+    rows = parallel_map(_evaluate_case, tasks, workers, on_done)
     _raise_row_errors(rows)
     _fill_missing_auc(rows)
     return rows

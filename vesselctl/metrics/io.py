@@ -70,13 +70,20 @@ def _read_image(path: Path) -> np.ndarray:
         with Image.open(path) as image:
             mode = image.mode
             if mode == "P":
-                image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-                mode = image.mode
-            array = np.asarray(image)
+                # Grey palettes (e.g. GIF masks) give grey values; colour palettes are label
+                # maps (index 0 = background), so their indices are the values.
+                rgb = np.asarray(image.convert("RGB"))
+                grey = bool((rgb == rgb[..., :1]).all())
+                array = rgb[..., 0] if grey else np.asarray(image)
+                mode = "L" if grey else "P"
+            else:
+                array = np.asarray(image)
     except (OSError, UnidentifiedImageError) as exc:
         raise EvaluationError(f"{path}: cannot read the image ({exc})") from exc
-    if mode == "I;16" or mode.startswith("I;16"):
+    if mode.startswith("I;16"):
         array = array.astype(np.uint16, copy=False)
+    elif mode == "I" and array.size and array.min() >= 0 and array.max() <= 65535:
+        array = array.astype(np.uint16)  # some readers give 16-bit PNGs as 32-bit integers
     if array.ndim == 3:
         colour = array[..., :3] if array.shape[2] >= 3 else array[..., :1]
         if not (colour == colour[..., :1]).all():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,7 +115,7 @@ def _same_folder(a: Path | None, b: Path | None) -> bool:
 
 def _output_folder(settings: EvaluateSettings) -> Path:
     """The output folder; it must not be (or sit inside) an input folder."""
-    pred = Path(settings.pred)  # type: ignore[arg-type]
+    pred = Path(settings.pred).resolve()  # type: ignore[arg-type]
     out = Path(settings.out) if settings.out is not None else pred.parent / f"{pred.name}-eval"
     inputs = {
         "--pred": settings.pred,
@@ -287,8 +288,14 @@ def _compare(
     }
 
 
-def run(settings: EvaluateSettings) -> EvaluateResult:
-    """Evaluate ``settings.pred`` against ``settings.gt`` and write the run folder."""
+def run(
+    settings: EvaluateSettings, progress: Callable[[int], Callable[[], None]] | None = None
+) -> EvaluateResult:
+    """Evaluate ``settings.pred`` against ``settings.gt`` and write the run folder.
+
+    ``progress(total)`` may return a callback invoked after each scored image (the CLI draws a
+    progress bar with it on a terminal).
+    """
     # 1. Folders: outputs never go into an input folder.
     out_dir = _output_folder(settings)
 
@@ -303,7 +310,8 @@ def run(settings: EvaluateSettings) -> EvaluateResult:
         settings.fov,
         settings.allow_missing,
     )
-    rows = evaluate_files(matched.cases, threshold, settings.metrics, settings.workers)
+    on_done = progress(len(matched.cases)) if progress is not None else None
+    rows = evaluate_files(matched.cases, threshold, settings.metrics, settings.workers, on_done)
     columns = _metric_columns(rows, settings.metrics)
 
     # 4. Aggregate: macro with spread and bootstrap CIs, micro from pooled counts.
