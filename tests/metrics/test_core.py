@@ -23,14 +23,22 @@ def test_empty_policy() -> None:
     assert dice_score(empty, full) == 0.0 and cldice_score(full, empty) == 0.0
 
 
-def test_cldice_line_inside_thick_vessel() -> None:
+def test_cldice_half_of_a_thin_vessel() -> None:
     gt = np.zeros((9, 20), bool)
-    gt[3:6, 2:18] = True  # a thick horizontal vessel
+    gt[4, 2:18] = True  # a 1-pixel vessel: its skeleton is itself (16 px)
+    pred = np.zeros_like(gt)
+    pred[4, 2:10] = True  # the first half (8 px)
+    # Tprec = 8/8 = 1, Tsens = 8/16 = 0.5, clDice = 2*1*0.5/1.5 = 2/3
+    assert cldice_score(pred, gt) == pytest.approx(2 / 3)
+
+
+def test_cldice_ignores_width_where_dice_does_not() -> None:
+    gt = np.zeros((9, 20), bool)
+    gt[3:6, 2:18] = True  # a 3-pixel-wide vessel
     pred = np.zeros_like(gt)
     pred[4, 2:18] = True  # its centre line only
-    # Every skeleton pixel of pred lies in gt (Tprec 1) and gt's skeleton lies on pred (Tsens 1).
-    assert cldice_score(pred, gt) == pytest.approx(1.0)
-    assert dice_score(pred, gt) < 0.5
+    assert cldice_score(pred, gt) > 0.95
+    assert dice_score(pred, gt) == pytest.approx(2 * 16 / (16 + 48))
 
 
 def test_shape_mismatch_raises() -> None:
