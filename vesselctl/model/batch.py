@@ -9,7 +9,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+import numpy as np
 import torch
+
+
+@dataclass
+class SegSample:
+    """One model-agnostic training or inference sample, before the processor sees it.
+
+    ``masks[i]`` (H x W, bool) is the target of ``phrases[i]``; each phrase becomes one
+    question/answer turn with one [SEG]. ``masks`` is None at inference.
+    """
+
+    sample_id: str
+    image: np.ndarray  # H x W x 3 uint8 RGB
+    phrases: list[str]
+    masks: list[np.ndarray] | None = None
 
 
 @dataclass
