@@ -44,6 +44,13 @@ class Sa2VABatch:
     gt_masks: list[torch.Tensor] | None = None
     original_sizes: list[tuple[int, int]] = field(default_factory=list)  # (height, width)
     sample_ids: list[str] = field(default_factory=list)
+    # Qwen2.5-VL only: [B, T] 1 on image tokens, 0 elsewhere; transformers 5.x builds the 3-D
+    # (mrope) positions from it and falls back to wrong 1-D positions without it.
+    mm_token_type_ids: torch.Tensor | None = None
+    # Where each image sits in SAM2's input (vesselctl.model.tiling.Sam2Frame): the whole
+    # S x S for the official square resize, a top-left region for letterbox. Use
+    # tiling.sam2_logits_to_image / masks_to_sam2_frame with it. Empty = square.
+    sam2_frames: list = field(default_factory=list)
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Sa2VABatch:
         """Move tensors to ``device``; floating pixel tensors are also cast to ``dtype``."""
