@@ -19,6 +19,7 @@ which is what ``predict_probabilities`` relies on (tested in tests/model/test_in
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -144,11 +145,27 @@ class Sa2VAModel(PreTrainedModel):
                     "with pixel_values"
                 )
             kwargs["image_grid_thw"] = batch.image_grid_thw
+            if self._mllm_takes_mm_token_types():
+                kwargs["mm_token_type_ids"] = self._mm_token_type_ids(batch)
         dtype = self.mllm.dtype
         if kwargs["pixel_values"] is not None and kwargs["pixel_values"].is_floating_point():
             kwargs["pixel_values"] = kwargs["pixel_values"].to(dtype)
         outputs = self.mllm.model(**kwargs)
         return outputs.last_hidden_state
+
+    def _mllm_takes_mm_token_types(self) -> bool:
+        """transformers >= 5.2x builds Qwen2.5-VL's 3D (mrope) positions only when given
+        ``mm_token_type_ids``; without them it silently falls back to 1D positions."""
+        import inspect
+
+        return "mm_token_type_ids" in inspect.signature(self.mllm.model.forward).parameters
+
+    def _mm_token_type_ids(self, batch: Sa2VABatch) -> torch.Tensor:
+        """The batch's token types (1 = image token), or built from the image token id."""
+        given = getattr(batch, "mm_token_type_ids", None)
+        if given is not None:
+            return given
+        return (batch.input_ids == self.config.image_token_id).long()
 
     # --- the SAM2 side -------------------------------------------------------------------
 
@@ -222,6 +239,20 @@ class Sa2VAModel(PreTrainedModel):
         prompts = self.text_hidden_fcs(gathered.hidden)
         logits, iou = self.decode_masks(image_embeddings, prompts, gathered.image_index)
         return gathered, logits, iou
+
+    # --- inference (implemented in model/inference.py) ----------------------------------
+
+    def predict_probabilities(self, batch: Sa2VABatch) -> list[torch.Tensor]:
+        """Single teacher-forced pass -> per-sample probabilities [n_seg_i, H_i, W_i]."""
+        from vesselctl.model.inference import predict_probabilities
+
+        return predict_probabilities(self, batch)
+
+    def generate_masks(self, batch: Sa2VABatch, max_new_tokens: int = 512, **kwargs: Any) -> list:
+        """Greedy generation then SAM2 on generated [SEG]s (official ``predict_forward``)."""
+        from vesselctl.model.inference import generate_masks
+
+        return generate_masks(self, batch, max_new_tokens=max_new_tokens, **kwargs)
 
     # --- training forward ----------------------------------------------------------------
 
