@@ -1,0 +1,296 @@
+"""`vesselctl validate`: check a LabelMe folder or a prepared dataset and report every problem.
+
+Reads top to bottom: find what PATH is and list its files; check every file in worker processes
+(each returns its problems, a pixel hash and statistics); compare files with each other
+(duplicates and leakage between splits); summarise; write the report when asked. Nothing is ever
+written inside PATH.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from vesselctl.data import checks
+from vesselctl.data.checks import CHECKS, HashedImage, Problem
+from vesselctl.data.manifest import SPLITS, ManifestRecord, is_prepared_dataset, read_manifest
+from vesselctl.data.masks import LabelRoles, RasterOptions
+from vesselctl.data.stats import ImageStats, image_stats, summarise
+from vesselctl.errors import DatasetError
+from vesselctl.files import atomic_write_bytes, atomic_write_json, run_provenance
+from vesselctl.settings.base import write_resolved_settings
+from vesselctl.settings.validate import ValidateSettings
+
+VALIDATION_NAME = "validation.json"
+Kind = Literal["labelme", "prepared"]
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class FileOutcome:
+    """What checking one file produced; small and picklable (the pixels stay in the worker)."""
+
+    file: str
+    split: str | None
+    problems: list[Problem]
+    digest: str | None
+    stats: ImageStats | None
+
+
+@dataclass
+class ValidateResult:
+    """The outcome of a validation run; ``failed`` decides the exit code."""
+
+    path: Path
+    kind: Kind
+    files: int
+    problems: list[Problem]
+    stats: dict[str, Any]
+    strict: bool
+    seconds: float
+    out_dir: Path | None = None
+    overlays: int = 0
+    by_check: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for p in self.problems if p.severity == "error")
+
+    @property
+    def warnings(self) -> int:
+        return sum(1 for p in self.problems if p.severity == "warning")
+
+    @property
+    def failed(self) -> bool:
+        return self.errors > 0 or (self.strict and self.warnings > 0)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "kind": self.kind,
+            "files": self.files,
+            "errors": self.errors,
+            "warnings": self.warnings,
+            "strict": self.strict,
+            "passed": not self.failed,
+            "by_check": self.by_check,
+            "overlays": self.overlays,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def run(settings: ValidateSettings, progress: Progress | None = None) -> ValidateResult:
+    """Check every file under ``settings.path``; write validation.json when ``settings.out``."""
+    start = time.perf_counter()
+    root = Path(settings.path)
+    if not root.is_dir():
+        raise DatasetError(
+            f"{root}: not a folder; expected a LabelMe folder or a prepared dataset folder"
+        )
+
+    # 1. What is PATH? A prepared dataset has manifest.jsonl; anything else is read as LabelMe.
+    kind: Kind = "prepared" if is_prepared_dataset(root) else "labelme"
+    tasks: list[Any]
+    if kind == "prepared":
+        tasks = read_manifest(root)
+    else:
+        from vesselctl.data.labelme import find_labelme_files
+
+        tasks = [p.relative_to(root).as_posix() for p in find_labelme_files(root)]
+    if not tasks:
+        raise DatasetError(
+            f"{root}: no LabelMe *.json files and no manifest.jsonl found; point validate at "
+            "the annotation folder or at a folder written by `vesselctl prepare`"
+        )
+
+    # 2. Per-file checks, spread over processes; results come back in input order.
+    outcomes = list(_map_files(settings, kind, tasks, progress))
+
+    # 3. Checks across files: identical pixels in two files (leakage when splits differ).
+    problems = [p for outcome in outcomes for p in outcome.problems]
+    problems += checks.find_duplicates(
+        HashedImage(o.file, o.split, o.digest) for o in outcomes if o.digest is not None
+    )
+    problems.sort(key=_problem_order)
+
+    # 4. Statistics over every file whose image could be read.
+    stats = summarise(o.stats for o in outcomes if o.stats is not None)
+    stats["files_checked"] = len(outcomes)
+    result = ValidateResult(
+        path=root,
+        kind=kind,
+        files=len(outcomes),
+        problems=problems,
+        stats=stats,
+        strict=settings.strict,
+        seconds=time.perf_counter() - start,
+        overlays=sum(1 for o in outcomes if o.stats is not None and o.stats.has_mask)
+        if settings.overlays
+        else 0,
+        by_check=checks.count_by_check(problems),
+    )
+
+    # 5. The report, written atomically and only where asked (never inside PATH).
+    if settings.out is not None:
+        out = Path(settings.out)
+        out.mkdir(parents=True, exist_ok=True)
+        write_resolved_settings(settings, out)
+        atomic_write_json(out / "run_info.json", run_provenance())
+        atomic_write_json(out / VALIDATION_NAME, _validation_json(result, settings))
+        atomic_write_json(out / "result.json", result.summary())
+        result.out_dir = out
+    return result
+
+
+def _problem_order(problem: Problem) -> tuple[str, int, int]:
+    shape = -1 if problem.shape is None else problem.shape
+    return problem.file, shape, list(CHECKS).index(problem.check)
+
+
+def _validation_json(result: ValidateResult, settings: ValidateSettings) -> dict[str, Any]:
+    return {
+        "summary": result.summary(),
+        "checks": {c.id: {"severity": c.severity, "title": c.title} for c in CHECKS.values()},
+        "problems": [p.to_json() for p in result.problems],
+        "stats": result.stats,
+        "settings": settings.model_dump(mode="json"),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-file work. Module-level functions so worker processes can import them.
+
+
+def _worker_count(settings: ValidateSettings, n_tasks: int) -> int:
+    if settings.workers:
+        wanted = settings.workers
+    elif hasattr(os, "sched_getaffinity"):
+        wanted = len(os.sched_getaffinity(0))
+    else:  # pragma: no cover - macOS / Windows
+        wanted = os.cpu_count() or 1
+    return max(1, min(wanted, n_tasks))
+
+
+def _map_files(
+    settings: ValidateSettings, kind: Kind, tasks: Sequence[Any], progress: Progress | None
+) -> Iterator[FileOutcome]:
+    """Check every task, in worker processes when there is enough work to pay for them."""
+    workers = _worker_count(settings, len(tasks))
+    # Widths (skeleton + distance transform) are the costliest statistic: measure them on an
+    # evenly spaced subset of at most stats.width_images images.
+    limit = settings.stats.width_images
+    stride = -(-len(tasks) // limit) if limit else 1
+    items = [
+        (settings, kind, task, settings.stats.widths and index % stride == 0)
+        for index, task in enumerate(tasks)
+    ]
+    total = len(items)
+    if workers == 1 or total < 4 * workers:
+        for done, item in enumerate(items, start=1):
+            yield _check_one(item)
+            if progress:
+                progress(done, total)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # forkserver: workers start from a clean server process that has imported this module once
+    # (fast like fork, but safe with OpenCV's threads in the parent).
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    chunksize = max(1, min(32, total // (workers * 8)))
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        for done, outcome in enumerate(pool.map(_check_one, items, chunksize=chunksize), 1):
+            yield outcome
+            if progress:
+                progress(done, total)
+
+
+def _check_one(item: tuple[ValidateSettings, Kind, Any, bool]) -> FileOutcome:
+    """Check one file, measure its statistics and draw its overlay when asked."""
+    import cv2
+
+    cv2.setNumThreads(1)  # parallelism comes from the worker processes
+    settings, kind, task, measure_widths = item
+    root = Path(settings.path)
+    if kind == "prepared":
+        record: ManifestRecord = task
+        found = checks.check_prepared_record(root, record, settings.checks.tiny_mask_pixels)
+        file, split = record.image, record.split
+        problems, image, mask = found.problems, found.image, found.mask
+        by_type = record.extra.get("shape_counts") or {}
+        by_label: dict[str, int] = {}
+        overlay_name = f"{record.id}.png"
+    else:
+        file = task
+        top = file.split("/", 1)[0] if "/" in file else ""
+        split = top if top in SPLITS else None
+        labelme = checks.check_labelme_file(
+            root,
+            file,
+            _label_roles(settings),
+            _raster_options(settings),
+            settings.checks.tiny_mask_pixels,
+            settings.checks.bounds_tolerance,
+        )
+        problems, image, mask = labelme.problems, labelme.image, labelme.mask
+        by_type, by_label = labelme.shapes_by_type, labelme.shapes_by_label
+        overlay_name = str(Path(file).with_suffix(".png"))
+
+    digest = checks.pixel_digest(image) if image is not None else None
+    stats = None
+    if image is not None:
+        usable_mask = mask if mask is not None and mask.shape[:2] == image.shape[:2] else None
+        stats = image_stats(
+            image.shape[0],
+            image.shape[1],
+            usable_mask,
+            by_type if isinstance(by_type, dict) else {},
+            by_label,
+            measure_widths=measure_widths,
+        )
+        if settings.overlays is not None and usable_mask is not None:
+            from vesselctl.data.images import encode_png
+
+            overlay = draw_overlay(image, usable_mask)
+            atomic_write_bytes(Path(settings.overlays) / overlay_name, encode_png(overlay))
+    return FileOutcome(file, split, problems, digest, stats)
+
+
+def _label_roles(settings: ValidateSettings) -> LabelRoles:
+    labels = settings.labels
+    return LabelRoles(frozenset(labels.vessel), frozenset(labels.hole), frozenset(labels.ignore))
+
+
+def _raster_options(settings: ValidateSettings) -> RasterOptions:
+    return RasterOptions(settings.raster.line_width, settings.raster.point_radius)
+
+
+# Overlay colours (RGB): vessel fill and the mask outline.
+FILL_RGB = (0, 200, 0)
+OUTLINE_RGB = (255, 230, 0)
+FILL_ALPHA = 0.35
+
+
+def draw_overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The image in RGB with the vessel mask tinted green and its outlines (holes too) yellow."""
+    import cv2
+
+    from vesselctl.data.images import to_uint8
+
+    base = to_uint8(image)
+    rgb = cv2.cvtColor(base, cv2.COLOR_GRAY2RGB) if base.ndim == 2 else base.copy()
+    binary = (np.asarray(mask) > 0).astype(np.uint8)
+    tint = np.array(FILL_RGB, dtype=np.float32)
+    inside = binary.astype(bool)
+    rgb[inside] = (rgb[inside] * (1 - FILL_ALPHA) + tint * FILL_ALPHA).astype(np.uint8)
+    # RETR_CCOMP keeps hole outlines, so loops in the vessel tree show as closed rings.
+    contours, _ = cv2.findContours(binary, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(rgb, contours, -1, OUTLINE_RGB, 1)
+    return rgb
