@@ -107,7 +107,8 @@ def _normalise(pixels: np.ndarray, mean: tuple, std: tuple) -> torch.Tensor:
     """[..., H, W, 3] uint8 -> [..., 3, H, W] float32: /255 then (x - mean) / std."""
     import torch
 
-    tensor = torch.from_numpy(np.ascontiguousarray(pixels)).to(torch.float32).div_(255.0)
+    # float32 on the numpy side: PIL's arrays are read-only, and torch refuses to wrap those.
+    tensor = torch.from_numpy(pixels.astype(np.float32)).div_(255.0)
     tensor = tensor.movedim(-1, -3)
     shape = (3, 1, 1)
     tensor = tensor.sub_(torch.tensor(mean, dtype=torch.float32).view(shape))
