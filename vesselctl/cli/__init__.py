@@ -8,6 +8,8 @@ import typer
 from vesselctl import __version__
 from vesselctl.cli import config as config_cmd
 from vesselctl.cli import env as env_cmd
+from vesselctl.cli import train as train_cmd
+from vesselctl.cli.config import register_stage_settings
 
 app = typer.Typer(
     name="vesselctl",
@@ -36,6 +38,8 @@ def _root(
 
 app.command("env")(env_cmd.env)
 app.command("config")(config_cmd.config)
+app.command("train")(train_cmd.train)
+register_stage_settings("train", "vesselctl.settings.train:TrainSettings")
 
 
 def main() -> None:
