@@ -107,12 +107,13 @@ def _normalise(pixels: np.ndarray, mean: tuple, std: tuple) -> torch.Tensor:
     """[..., H, W, 3] uint8 -> [..., 3, H, W] float32: /255 then (x - mean) / std."""
     import torch
 
-    # float32 on the numpy side: PIL's arrays are read-only, and torch refuses to wrap those.
-    tensor = torch.from_numpy(pixels.astype(np.float32)).div_(255.0)
-    tensor = tensor.movedim(-1, -3)
+    # Channels first while still uint8 (a cheap copy), then float32 ops on contiguous memory;
+    # the arithmetic (/255, -mean, /std in float32) is torchvision's ToTensor + Normalize.
+    channels_first = np.moveaxis(pixels, -1, -3).astype(np.float32)
+    tensor = torch.from_numpy(channels_first).div_(255.0)
     shape = (3, 1, 1)
     tensor = tensor.sub_(torch.tensor(mean, dtype=torch.float32).view(shape))
-    return tensor.div_(torch.tensor(std, dtype=torch.float32).view(shape)).contiguous()
+    return tensor.div_(torch.tensor(std, dtype=torch.float32).view(shape))
 
 
 # --- InternVL dynamic tiling ------------------------------------------------------------------
