@@ -265,6 +265,10 @@ def test_save_and_load_round_trip(tmp_path, tokenizer):
     processor = Sa2VAProcessor(
         tokenizer, **{**SMALL, "sam2_resize": "letterbox", "question_templates": ["Find {phrase}."]}
     )
+    # A model directory also holds the Sa2VA config.json, which AutoTokenizer must not need.
+    from vesselctl.model.presets import preset_config
+
+    preset_config("tiny", tokenizer).save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
     assert (tmp_path / "processor_config.json").is_file()
     loaded = Sa2VAProcessor.from_pretrained(tmp_path)

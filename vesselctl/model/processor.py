@@ -451,7 +451,7 @@ class Sa2VAProcessor:
     @classmethod
     def from_pretrained(cls, directory: str | Path, **overrides: Any) -> Sa2VAProcessor:
         """Load a processor saved by ``save_pretrained`` (options + tokenizer), offline."""
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer, PretrainedConfig
 
         directory = Path(directory)
         path = directory / PROCESSOR_FILE
@@ -474,7 +474,11 @@ class Sa2VAProcessor:
             )
         data.pop("processor_class")
         options = ProcessorOptions.from_dict(data, source=str(path))
-        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        # A generic config stops AutoTokenizer from reading the directory's config.json (a Sa2VA
+        # model config it does not know); the class comes from tokenizer_config.json.
+        tokenizer = AutoTokenizer.from_pretrained(
+            directory, config=PretrainedConfig(), local_files_only=True
+        )
         return cls(tokenizer, options, **overrides)
 
     def __repr__(self) -> str:
