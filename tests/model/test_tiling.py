@@ -168,6 +168,16 @@ def test_qwen_pixel_budget_shapes():
         qwen_image_processor(min_pixels=100, max_pixels=10)
 
 
+def test_qwen_reads_three_pixel_high_images_as_channels_last():
+    processor = qwen_image_processor(min_pixels=4 * 28 * 28, max_pixels=64 * 28 * 28)
+    image = np.zeros((3, 40, 3), dtype=np.uint8)  # would pass for channels-first when guessed
+    image[..., 0] = 255
+    pixels, grid = qwen_pixel_values(image, processor)
+    assert grid[1] < grid[2]  # wide, not tall
+    red = pixels.view(-1, 3, 2, 14, 14)[:, :, 0].mean(dim=(0, 2, 3))
+    assert red[0] > 1.5 and red[1] < -1.0 and red[2] < -1.0  # pure red after CLIP normalisation
+
+
 # --- SAM2 --------------------------------------------------------------------------------------
 
 

@@ -254,7 +254,9 @@ def qwen_pixel_values(image: np.ndarray, processor: Any) -> tuple[torch.Tensor, 
     """Qwen2.5-VL input of one image: pixel_values [patches, 3*t*p*p] and grid_thw [3]."""
     import torch
 
-    out = processor(images=[image], return_tensors="np")
+    # Channels-last stated explicitly: transformers guesses, and guesses wrong for images whose
+    # height is 1 or 3 pixels.
+    out = processor(images=[image], return_tensors="np", input_data_format="channels_last")
     pixel_values = torch.from_numpy(np.ascontiguousarray(out["pixel_values"])).to(torch.float32)
     grid = torch.as_tensor(out["image_grid_thw"][0], dtype=torch.long)
     return pixel_values, grid
