@@ -207,7 +207,7 @@ def store_from_directory(directory: Path, origin: str) -> TensorStore:
         if (directory / name).is_file():
             data = load_torch_file(directory / name)
             return TensorStore.from_dict(
-                _unwrap_state_dict(data, directory / name), origin, [directory / name]
+                unwrap_state_dict(data, directory / name), origin, [directory / name]
             )
     raise CheckpointError(
         f"{directory}: no weights found (expected *.safetensors with {SAFETENSORS_INDEX}, or "
@@ -215,7 +215,7 @@ def store_from_directory(directory: Path, origin: str) -> TensorStore:
     )
 
 
-def _unwrap_state_dict(data: Any, path: Path) -> dict[str, Any]:
+def unwrap_state_dict(data: Any, path: Path) -> dict[str, Any]:
     """The state dict inside the usual wrappers ('state_dict', 'model' or 'module' entries)."""
     if isinstance(data, dict):
         for key in ("state_dict", "model", "module"):
@@ -1084,7 +1084,7 @@ def _sam2_store(path: Path) -> tuple[TensorStore, str]:
     if path.suffix == ".safetensors":
         return TensorStore.from_safetensors([path], str(path)), "sam2_native"
     data = load_torch_file(path)
-    return TensorStore.from_dict(_unwrap_state_dict(data, path), str(path), [path]), (
+    return TensorStore.from_dict(unwrap_state_dict(data, path), str(path), [path]), (
         "sam2_original"
     )
 
