@@ -117,6 +117,20 @@ def test_inference_appends_answer_without_labels_or_masks(processor, tokenizer):
     assert torch.equal(batch.input_ids, trained.input_ids)
 
 
+def test_prompt_only_ends_with_the_assistant_header(processor, tokenizer):
+    batch = processor([_sample(masks=False)], train=False, prompt_only=True)
+    text = tokenizer.decode(batch.input_ids[0])
+    assert text.endswith("in this image.<|im_end|>\n<|im_start|>assistant\n")
+    assert "[SEG]" not in text and batch.labels is None
+    full = processor([_sample(masks=False)], train=False)
+    n = batch.input_ids.shape[1]
+    assert torch.equal(full.input_ids[0, :n], batch.input_ids[0])
+    with pytest.raises(ModelError, match="exactly one phrase"):
+        processor([_sample(phrases=("a", "b"), masks=False)], train=False, prompt_only=True)
+    with pytest.raises(ModelError, match="train=False"):
+        processor([_sample()], train=True, prompt_only=True)
+
+
 def test_training_draws_templates_from_rng(tokenizer):
     processor = Sa2VAProcessor(
         tokenizer,

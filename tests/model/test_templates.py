@@ -56,6 +56,12 @@ def test_segments_mark_only_answer_and_suffix_supervised():
     assert [s.supervised for s in segments] == [False, True, False] * 2
 
 
+def test_open_last_turn_for_generation():
+    segments = conversation_segments(TURNS, get_chat_template("qwen_chat"), "", answer_last=False)
+    assert [s.supervised for s in segments] == [False, True, False, False]
+    assert segments[-1].text.endswith("<|im_start|>assistant\n")
+
+
 def test_unknown_template_names_the_known_ones():
     with pytest.raises(ModelError, match=r"chatml.*qwen_chat, phi3_chat, qwen2_5_vl"):
         get_chat_template("chatml")
