@@ -252,6 +252,8 @@ def test_bad_options_raise(tokenizer):
         Sa2VAProcessor(tokenizer, **{**SMALL, "min_tiles": 5})
     with pytest.raises(ModelError, match="sam2_resize"):
         Sa2VAProcessor(tokenizer, **{**SMALL, "sam2_resize": "crop"})
+    with pytest.raises(ModelError, match=r"unknown processor option.*max_tile\b"):
+        Sa2VAProcessor(tokenizer, **SMALL, max_tile=3)
     with pytest.raises(ModelError, match="no samples"):
         Sa2VAProcessor(tokenizer, **SMALL)([], True)
 

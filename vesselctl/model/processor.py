@@ -190,6 +190,7 @@ class Sa2VAProcessor:
         config: Sa2VAConfig | ProcessorOptions | None = None,
         **overrides: Any,
     ) -> None:
+        ProcessorOptions.from_dict(overrides, source="Sa2VAProcessor arguments")  # names only
         if config is None:
             options = ProcessorOptions(**overrides)
         elif isinstance(config, ProcessorOptions):
