@@ -22,6 +22,8 @@ nothing provides stops the load with a CheckpointError listing them.
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import re
 from collections.abc import Iterator
@@ -798,28 +800,40 @@ def qwen_config_from_dict(data: dict[str, Any], source: str, vocab_size: int) ->
         raise CheckpointError(f"{source}: not a usable Qwen2.5-VL config ({exc})") from exc
 
 
+@functools.cache
+def _sam2_candidates() -> dict[str, tuple[Any, dict[str, tuple[int, ...]]]]:
+    from vesselctl.model.presets import sam2_hiera_large_config, sam2_tiny_config
+
+    configs = {
+        "SAM 2.0 Hiera-L (1024)": sam2_hiera_large_config(),
+        "vesselctl tiny SAM2 (128)": sam2_tiny_config(128),
+        "vesselctl tiny SAM2 (256)": sam2_tiny_config(256),
+    }
+    return {name: (config, sam2_shapes(config)) for name, config in configs.items()}
+
+
 def infer_sam2_config(shapes: dict[str, tuple[int, ...]], source: str) -> Any:
     """The SAM2 config whose parameter shapes match ``shapes`` (native ``sam2.*`` keys).
 
     Released Sa2VA models all use SAM 2.0 Hiera-L at 1024; vesselctl's tiny preset uses a small
     Hiera. The original SAM2 checkpoints carry no config, so the architecture is recognised
-    from the weights instead of assumed.
+    from the weights instead of assumed: the candidate that agrees on every shape present and
+    explains the most keys wins (missing or extra keys are reported later, by the strict key
+    accounting, with their names).
     """
-    from vesselctl.model.presets import sam2_hiera_large_config, sam2_tiny_config
-
-    candidates = {
-        "SAM 2.0 Hiera-L (1024)": sam2_hiera_large_config(),
-        "vesselctl tiny SAM2 (128)": sam2_tiny_config(128),
-        "vesselctl tiny SAM2 (256)": sam2_tiny_config(256),
-    }
-    for config in candidates.values():
-        want = sam2_shapes(config)
-        if all(shapes.get(k) == v for k, v in want.items()):
-            return config
+    best, best_hits = None, 0
+    for config, want in _sam2_candidates().values():
+        common = [k for k in shapes if k in want]
+        if any(shapes[k] != want[k] for k in common):
+            continue
+        if len(common) > best_hits and len(common) >= 0.5 * len(want):
+            best, best_hits = config, len(common)
+    if best is not None:
+        return copy.deepcopy(best)
     trunk = shapes.get("sam2.vision_encoder.backbone.patch_embed.projection.weight")
     raise CheckpointError(
         f"{source}: the SAM2 weights match none of the known SAM2 architectures "
-        f"({', '.join(candidates)}); patch embedding shape {trunk}"
+        f"({', '.join(_sam2_candidates())}); patch embedding shape {trunk}"
     )
 
 
