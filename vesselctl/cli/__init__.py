@@ -7,8 +7,11 @@ import typer
 
 from vesselctl import __version__
 from vesselctl.cli import config as config_cmd
+from vesselctl.cli import convert as convert_cmd
 from vesselctl.cli import env as env_cmd
 from vesselctl.cli import validate as validate_cmd
+from vesselctl.cli import inspect as inspect_cmd
+from vesselctl.cli import train as train_cmd
 from vesselctl.cli.config import register_stage_settings
 
 app = typer.Typer(
@@ -40,6 +43,12 @@ app.command("env")(env_cmd.env)
 app.command("config")(config_cmd.config)
 app.command("validate")(validate_cmd.validate)
 register_stage_settings("validate", "vesselctl.settings.validate:ValidateSettings")
+app.command("train")(train_cmd.train)
+register_stage_settings("train", "vesselctl.settings.train:TrainSettings")
+app.command("convert")(convert_cmd.convert)
+register_stage_settings("convert", "vesselctl.settings.convert:ConvertSettings")
+app.command("inspect")(inspect_cmd.inspect)
+register_stage_settings("inspect", "vesselctl.settings.convert:InspectSettings")
 
 
 def main() -> None:

@@ -409,12 +409,13 @@ def map_key(key: str, layout: str) -> Target | None:
 
 def native_to_official(
     native_keys: Iterable[str], layout: str, shapes: dict[str, tuple[int, ...]] | None = None
-) -> dict[str, tuple[str, str, int | None]]:
-    """For writing official-format files in tests and benchmarks: official name of each native
-    key as ``{official: (native_key, op, index)}``. ``row`` targets are expanded to one official
-    key per row (needs ``shapes``). Native keys no rule produces are left out (derived copies).
+) -> list[tuple[str, str, str, int | None]]:
+    """For writing official-format files in tests and benchmarks: ``(official_key, native_key,
+    op, index)`` for each native key. A ``split_qkv`` official key appears three times (index =
+    q/k/v position); ``row`` targets are expanded to one official key per row (needs
+    ``shapes``). Native keys no rule produces are left out (derived copies).
     """
-    out: dict[str, tuple[str, str, int | None]] = {}
+    out: list[tuple[str, str, str, int | None]] = []
     for native in native_keys:
         for section in LAYOUTS[layout]:
             if not native.startswith(section.native_prefix):
@@ -428,9 +429,9 @@ def native_to_official(
                     raise ValueError(f"{native}: row-stacked parameter needs shapes")
                 for row in range(shapes[native][0]):
                     name = section.official_prefix + official.replace("{i}", str(row))
-                    out[name] = (native, "row", row)
+                    out.append((name, native, "row", row))
             else:
-                out[section.official_prefix + official] = (native, op, index)
+                out.append((section.official_prefix + official, native, op, index))
             break
     return out
 

@@ -29,6 +29,11 @@ QWEN_EMBED_ROWS = 151936
 QWEN_IMAGE_PAD_ID = 151655
 SA2VA_NEW_TOKENS = 5
 
+#: Processor options of the tiny presets that differ from the released models' defaults.
+TINY_PROCESSOR_OVERRIDES: dict[str, dict[str, int]] = {
+    "tiny-qwen2.5-vl": {"min_pixels": 4 * 28 * 28, "max_pixels": 64 * 28 * 28},
+}
+
 PRESETS = (
     "tiny",
     "tiny-qwen2.5-vl",
@@ -374,4 +379,7 @@ def build_preset(
         model = Sa2VAModel(config)
     if dtype is not None:
         model = model.to(dtype=dtype)
-    return model, Sa2VAProcessor(tokenizer, config)
+    # The tiny Qwen2.5-VL keeps the image-token count small (the released budget is 512..2048
+    # merged patches, far too many for a CPU test model).
+    overrides = TINY_PROCESSOR_OVERRIDES.get(name, {})
+    return model, Sa2VAProcessor(tokenizer, config, **overrides)

@@ -190,6 +190,7 @@ class Sa2VAProcessor:
         config: Sa2VAConfig | ProcessorOptions | None = None,
         **overrides: Any,
     ) -> None:
+        ProcessorOptions.from_dict(overrides, source="Sa2VAProcessor arguments")  # names only
         if config is None:
             options = ProcessorOptions(**overrides)
         elif isinstance(config, ProcessorOptions):
@@ -270,7 +271,11 @@ class Sa2VAProcessor:
     # --- text -------------------------------------------------------------------------------
 
     def encode_conversation(
-        self, phrases: Sequence[str], n_image_tokens: int, rng: random.Random | None = None
+        self,
+        phrases: Sequence[str],
+        n_image_tokens: int,
+        rng: random.Random | None = None,
+        prompt_only: bool = False,
     ) -> tuple[list[int], list[int]]:
         """Token ids and labels of one conversation over ``phrases``.
 
@@ -293,7 +298,8 @@ class Sa2VAProcessor:
         image_text = self._image_open + self.image_token + self._image_close + separator
         input_ids: list[int] = []
         labels: list[int] = []
-        for segment in conversation_segments(turns, self.template, image_text):
+        segments = conversation_segments(turns, self.template, image_text, not prompt_only)
+        for segment in segments:
             ids = self.tokenizer.encode(segment.text, add_special_tokens=False)
             input_ids += ids
             labels += ids if segment.supervised else [IGNORE_INDEX] * len(ids)
@@ -311,7 +317,9 @@ class Sa2VAProcessor:
 
     # --- one sample, then the batch ---------------------------------------------------------
 
-    def _encode_sample(self, sample: SegSample, train: bool, rng: random.Random | None) -> _Encoded:
+    def _encode_sample(
+        self, sample: SegSample, train: bool, rng: random.Random | None, prompt_only: bool
+    ) -> _Encoded:
         import torch
 
         o = self.options
@@ -321,6 +329,12 @@ class Sa2VAProcessor:
             raise ModelError(
                 f"sample {sample.sample_id}: no phrases; each sample needs at least one phrase "
                 "(one [SEG] per phrase)"
+            )
+        if prompt_only and (train or len(sample.phrases) != 1):
+            raise ModelError(
+                f"sample {sample.sample_id}: prompt_only (generation) needs train=False and "
+                f"exactly one phrase, found train={train} and {len(sample.phrases)} phrases; "
+                "put each phrase in its own sample"
             )
         gt_masks = None
         if train:
@@ -346,7 +360,9 @@ class Sa2VAProcessor:
         # Training draws templates at random: from ``rng`` when given, else from Python's
         # ``random`` module, which DataLoader re-seeds in every worker. Inference: first ones.
         chooser: Any = None if not train else (rng if rng is not None else random)
-        input_ids, labels = self.encode_conversation(sample.phrases, n_image_tokens, chooser)
+        input_ids, labels = self.encode_conversation(
+            sample.phrases, n_image_tokens, chooser, prompt_only
+        )
         input_ids, labels = self._fit_length(sample.sample_id, input_ids, labels, n_image_tokens)
         mm_types = None
         if o.family == "qwen2_5_vl":
@@ -389,6 +405,7 @@ class Sa2VAProcessor:
         samples: Sequence[SegSample],
         train: bool = True,
         rng: random.Random | None = None,
+        prompt_only: bool = False,
     ) -> Sa2VABatch:
         """Process and collate ``samples`` (right padding).
 
@@ -396,12 +413,14 @@ class Sa2VAProcessor:
         are drawn at random (``rng``, else Python's ``random`` which DataLoader seeds per
         worker), masks are required. ``train=False``: first templates, the answer still
         appended for the teacher-forced single pass, ``labels`` and ``gt_masks`` None.
+        ``prompt_only=True`` (with ``train=False``, one phrase per sample): the text ends with
+        the assistant header, for ``generate``-style inference.
         """
         import torch
 
         if not samples:
             raise ModelError("processor called with no samples; a batch needs at least one")
-        encoded = [self._encode_sample(s, train, rng) for s in samples]
+        encoded = [self._encode_sample(s, train, rng, prompt_only) for s in samples]
         length = max(len(e.input_ids) for e in encoded)
         batch_size = len(encoded)
         input_ids = torch.full((batch_size, length), self.tokenizer.pad_token_id, dtype=torch.long)
@@ -451,7 +470,7 @@ class Sa2VAProcessor:
     @classmethod
     def from_pretrained(cls, directory: str | Path, **overrides: Any) -> Sa2VAProcessor:
         """Load a processor saved by ``save_pretrained`` (options + tokenizer), offline."""
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer, PretrainedConfig
 
         directory = Path(directory)
         path = directory / PROCESSOR_FILE
@@ -474,7 +493,11 @@ class Sa2VAProcessor:
             )
         data.pop("processor_class")
         options = ProcessorOptions.from_dict(data, source=str(path))
-        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        # A generic config stops AutoTokenizer from reading the directory's config.json (a Sa2VA
+        # model config it does not know); the class comes from tokenizer_config.json.
+        tokenizer = AutoTokenizer.from_pretrained(
+            directory, config=PretrainedConfig(), local_files_only=True
+        )
         return cls(tokenizer, options, **overrides)
 
     def __repr__(self) -> str:

@@ -111,14 +111,33 @@ class Sa2VAModel(PreTrainedModel):
     # --- switches ------------------------------------------------------------------------
 
     def set_llm_gradient_checkpointing(self, enabled: bool) -> None:
-        """Gradient checkpointing on the LLM layers only, as the official recipe does."""
+        """Gradient checkpointing on the LLM layers only, as the official recipe does.
+
+        transformers >= 5.2x names it "activation checkpointing" (the old name warns); 5.17 may
+        only have the old name, so use whichever exists.
+        """
         language_model = self.mllm.model.language_model
         if enabled:
-            language_model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            if hasattr(language_model, "activation_checkpointing_enable"):
+                language_model.activation_checkpointing_enable(
+                    activation_checkpointing_kwargs={"use_reentrant": False}
+                )
+            else:
+                language_model.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False}
+                )
+        elif hasattr(language_model, "activation_checkpointing_disable"):
+            language_model.activation_checkpointing_disable()
         else:
             language_model.gradient_checkpointing_disable()
+
+    @property
+    def llm_gradient_checkpointing(self) -> bool:
+        """Whether the LLM layers recompute activations in backward."""
+        return any(
+            getattr(m, "gradient_checkpointing", False)
+            for m in self.mllm.model.language_model.modules()
+        )
 
     @property
     def seg_token_id(self) -> int:

@@ -167,13 +167,14 @@ def build_turns(
 
 
 def conversation_segments(
-    turns: Sequence[Turn], template: ChatTemplate, image_text: str
+    turns: Sequence[Turn], template: ChatTemplate, image_text: str, answer_last: bool = True
 ) -> list[Segment]:
     """Lay out a conversation as text segments, the image text opening the first question.
 
     ``image_text`` already ends with whatever separates it from the question (Sa2VA trains with
     "<img>...</img>\\n"). Each turn yields an unsupervised instruction, the supervised
-    answer + suffix, and the unsupervised separator.
+    answer + suffix, and the unsupervised separator. ``answer_last=False`` stops after the last
+    instruction (the assistant header): a prompt for generation.
     """
     segments: list[Segment] = []
     for i, turn in enumerate(turns):
@@ -182,6 +183,8 @@ def conversation_segments(
         if i == 0 and template.system:
             prompt = template.system + prompt
         segments.append(Segment(prompt, supervised=False))
+        if not answer_last and i == len(turns) - 1:
+            break
         segments.append(Segment(turn.answer + template.suffix, supervised=True))
         if template.separator:
             segments.append(Segment(template.separator, supervised=False))

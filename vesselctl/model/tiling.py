@@ -107,11 +107,13 @@ def _normalise(pixels: np.ndarray, mean: tuple, std: tuple) -> torch.Tensor:
     """[..., H, W, 3] uint8 -> [..., 3, H, W] float32: /255 then (x - mean) / std."""
     import torch
 
-    tensor = torch.from_numpy(np.ascontiguousarray(pixels)).to(torch.float32).div_(255.0)
-    tensor = tensor.movedim(-1, -3)
+    # Channels first while still uint8 (a cheap copy), then float32 ops on contiguous memory;
+    # the arithmetic (/255, -mean, /std in float32) is torchvision's ToTensor + Normalize.
+    channels_first = np.moveaxis(pixels, -1, -3).astype(np.float32)
+    tensor = torch.from_numpy(channels_first).div_(255.0)
     shape = (3, 1, 1)
     tensor = tensor.sub_(torch.tensor(mean, dtype=torch.float32).view(shape))
-    return tensor.div_(torch.tensor(std, dtype=torch.float32).view(shape)).contiguous()
+    return tensor.div_(torch.tensor(std, dtype=torch.float32).view(shape))
 
 
 # --- InternVL dynamic tiling ------------------------------------------------------------------
@@ -252,7 +254,9 @@ def qwen_pixel_values(image: np.ndarray, processor: Any) -> tuple[torch.Tensor, 
     """Qwen2.5-VL input of one image: pixel_values [patches, 3*t*p*p] and grid_thw [3]."""
     import torch
 
-    out = processor(images=[image], return_tensors="np")
+    # Channels-last stated explicitly: transformers guesses, and guesses wrong for images whose
+    # height is 1 or 3 pixels.
+    out = processor(images=[image], return_tensors="np", input_data_format="channels_last")
     pixel_values = torch.from_numpy(np.ascontiguousarray(out["pixel_values"])).to(torch.float32)
     grid = torch.as_tensor(out["image_grid_thw"][0], dtype=torch.long)
     return pixel_values, grid

@@ -78,6 +78,21 @@ class DataSettings(Section):
     augment: AugmentSettings = Field(default_factory=AugmentSettings)
 
 
+class ProcessorSettings(Section):
+    """Overrides of the model's processor options for training (None keeps the model's value)."""
+
+    max_tiles: int | None = Field(
+        None, ge=1, description="InternVL: most 448-px tiles per image (fewer: faster, coarser)."
+    )
+    max_pixels: int | None = Field(
+        None, ge=1, description="Qwen2.5-VL: pixel budget per image (fewer: faster, coarser)."
+    )
+    max_length: int | None = Field(None, ge=16, description="Longest token sequence per sample.")
+
+    def overrides(self) -> dict[str, int]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
 class LoraSettings(Section):
     """LoRA on the LLM's Linear layers (peft)."""
 
@@ -235,6 +250,7 @@ class TrainSettings(Section):
     )
     model: ModelSourceSettings = Field(default_factory=ModelSourceSettings)
     data: DataSettings = Field(default_factory=DataSettings)
+    processor: ProcessorSettings = Field(default_factory=ProcessorSettings)
     lora: LoraSettings = Field(default_factory=LoraSettings)
     trainable: TrainableSettings = Field(default_factory=TrainableSettings)
     optim: OptimSettings = Field(default_factory=OptimSettings)

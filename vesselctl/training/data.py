@@ -142,9 +142,9 @@ class StepBatchSampler:
 
 
 class SeededCollate:
-    """Turn SegSamples into a Sa2VABatch with the processor, seeding python's and numpy's global
-    generators from the batch's keys (and restoring them after), so any random choice the
-    processor makes (question wording, mask subset) is the same in a resumed run or a worker."""
+    """Turn SegSamples into a Sa2VABatch with the processor, handing it a ``random.Random``
+    seeded from the batch's keys: any random choice it makes (question wording) is then the
+    same in a resumed run, in any worker, and does not touch the global generators."""
 
     def __init__(self, processor: Callable[..., Sa2VABatch], seed: int, train: bool) -> None:
         self.processor = processor
@@ -154,15 +154,9 @@ class SeededCollate:
     def __call__(self, items: list[tuple[SampleKey, SegSample]]) -> Sa2VABatch:
         keys = [k for k, _ in items]
         samples = [s for _, s in items]
-        seed_seq = [self.seed & 0xFFFFFFFF] + [v for key in keys for v in key]
-        py_state, np_state = random.getstate(), np.random.get_state()
-        try:
-            random.seed(int(np.random.SeedSequence(seed_seq).generate_state(1)[0]))
-            np.random.seed(np.random.SeedSequence(seed_seq).generate_state(1)[0])
-            return self.processor(samples, train=self.train)
-        finally:
-            random.setstate(py_state)
-            np.random.set_state(np_state)
+        entropy = [self.seed & 0xFFFFFFFF] + [v for key in keys for v in key]
+        rng = random.Random(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
+        return self.processor(samples, train=self.train, rng=rng)
 
 
 class KeyedDataset:

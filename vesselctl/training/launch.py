@@ -143,7 +143,7 @@ def choose_strategy(
     frozen_model_bytes: int,
     gpu_memory_bytes: int | None,
 ) -> Strategy:
-    """Resolve ``auto``: ZeRO-3 only when the model does not fit one card, else ZeRO-2 or one process.
+    """Resolve ``auto``: ZeRO-3 only when the model does not fit one card, else ZeRO-2 or single.
 
     ZeRO-3 shards the weights but gathers them for every layer of every micro-batch; for LoRA on a
     model that fits, that is pure overhead (3.5x slower than ZeRO-2 measured on an H200, see
