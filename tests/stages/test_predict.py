@@ -19,8 +19,8 @@ from vesselctl.stages import predict as stage
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
-    from vesselctl.model.load import save_model_dir
 
+    from vesselctl.model.load import save_model_dir
     from vesselctl.model.presets import build_preset
 
     torch.manual_seed(0)

@@ -9,9 +9,10 @@ from vesselctl import __version__
 from vesselctl.cli import config as config_cmd
 from vesselctl.cli import convert as convert_cmd
 from vesselctl.cli import env as env_cmd
-from vesselctl.cli import validate as validate_cmd
 from vesselctl.cli import inspect as inspect_cmd
+from vesselctl.cli import predict as predict_cmd
 from vesselctl.cli import train as train_cmd
+from vesselctl.cli import validate as validate_cmd
 from vesselctl.cli.config import register_stage_settings
 
 app = typer.Typer(
@@ -49,6 +50,9 @@ app.command("convert")(convert_cmd.convert)
 register_stage_settings("convert", "vesselctl.settings.convert:ConvertSettings")
 app.command("inspect")(inspect_cmd.inspect)
 register_stage_settings("inspect", "vesselctl.settings.convert:InspectSettings")
+
+app.command("predict")(predict_cmd.predict)
+register_stage_settings("predict", "vesselctl.settings.predict:PredictSettings")
 
 
 def main() -> None:

@@ -192,11 +192,45 @@ def resolve_device_and_dtype(settings: PredictSettings) -> tuple[Any, Any]:
     return device, getattr(torch, dtype_name)
 
 
-def load_predictor(settings: PredictSettings, device: Any, dtype: Any) -> tuple[Any, Any]:
-    """The model (eval mode, on ``device``) and its processor, from a folder or a checkpoint."""
-    from vesselctl.model.load import load_model_for_inference
+def resolve_model_source(settings: PredictSettings, work_dir: Path) -> Any:
+    """A loadable model for ``--model``: a model folder as it is, a training checkpoint converted.
 
-    model, processor = load_model_for_inference(settings.model, base=settings.base)
+    Training checkpoints (official ``iter_N.pth``, DeepSpeed folders, vesselctl ``step_N``) are
+    converted and verified by the convert stage into ``work_dir/model`` first, so predict and
+    ``evaluate --ckpt`` run exactly the weights ``vesselctl convert`` would produce.
+    """
+    from vesselctl.model.checkpoints import detect_format
+    from vesselctl.settings.convert import ConvertSettings
+    from vesselctl.settings.model import ModelSourceSettings
+
+    path = Path(str(settings.model))
+    fmt = detect_format(path)
+    if fmt == "vesselctl_model":
+        return ModelSourceSettings(kind="vesselctl", model_dir=path)
+    if fmt == "official_hf":
+        return ModelSourceSettings(kind="official_hf", model_dir=path)
+    if fmt in ("torch_file", "deepspeed", "vesselctl_train"):
+        from vesselctl.stages import convert
+
+        converted = work_dir / "model"
+        if not (converted / "config.json").is_file():
+            convert.run(
+                ConvertSettings(source=path, out=converted, base=settings.base, overwrite=True)
+            )
+        return ModelSourceSettings(kind="vesselctl", model_dir=converted)
+    raise ConfigError(
+        f"--model {path}: a '{fmt}' cannot be used for prediction; give a vesselctl model "
+        "folder, an official Sa2VA HF export, or a training checkpoint (with --base)"
+    )
+
+
+def load_predictor(
+    settings: PredictSettings, out: Path, device: Any, dtype: Any
+) -> tuple[Any, Any]:
+    """The model (eval mode, on ``device``) and its processor."""
+    from vesselctl.model.load import load_model
+
+    model, processor = load_model(resolve_model_source(settings, out))
     model = model.to(device=device, dtype=dtype).eval()
     return model, processor
 
@@ -354,7 +388,7 @@ def run(settings: PredictSettings) -> PredictResult:
 
     # 2. The model, once.
     device, dtype = resolve_device_and_dtype(settings)
-    model, processor = load_predictor(settings, device, dtype)
+    model, processor = load_predictor(settings, out, device, dtype)
 
     # 3. Predict group by group; each image's files are written as soon as it is stitched.
     result = PredictResult(out_dir=out, skipped=len(done), device=str(device))
