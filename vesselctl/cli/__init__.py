@@ -7,10 +7,14 @@ import typer
 
 from vesselctl import __version__
 from vesselctl.cli import config as config_cmd
+from vesselctl.cli import convert as convert_cmd
 from vesselctl.cli import env as env_cmd
 from vesselctl.cli import evaluate as evaluate_cmd
 from vesselctl.cli import prepare as prepare_cmd
 from vesselctl.cli import report as report_cmd
+from vesselctl.cli import inspect as inspect_cmd
+from vesselctl.cli import predict as predict_cmd
+from vesselctl.cli import train as train_cmd
 from vesselctl.cli import validate as validate_cmd
 from vesselctl.cli.config import register_stage_settings
 
@@ -49,6 +53,15 @@ app.command("evaluate")(evaluate_cmd.evaluate)
 register_stage_settings("evaluate", "vesselctl.settings.evaluate:EvaluateSettings")
 app.command("report")(report_cmd.report)
 register_stage_settings("report", "vesselctl.settings.report:ReportSettings")
+app.command("train")(train_cmd.train)
+register_stage_settings("train", "vesselctl.settings.train:TrainSettings")
+app.command("convert")(convert_cmd.convert)
+register_stage_settings("convert", "vesselctl.settings.convert:ConvertSettings")
+app.command("inspect")(inspect_cmd.inspect)
+register_stage_settings("inspect", "vesselctl.settings.convert:InspectSettings")
+
+app.command("predict")(predict_cmd.predict)
+register_stage_settings("predict", "vesselctl.settings.predict:PredictSettings")
 
 
 def main() -> None:

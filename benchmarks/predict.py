@@ -1,0 +1,305 @@
+"""Throughput of `vesselctl predict`'s inference path, single pass vs the official generate path.
+
+Real-size architecture (default Sa2VA-1B) with random weights in bf16, 512x512 images, one phrase.
+Times cover what the predict stage does per batch (``stages.predict.run_views``: processor on the
+CPU, one teacher-forced forward, probabilities back on the CPU), at several batch sizes, and the
+official-style path (one image at a time, greedy generation forced to the shortest real answer
+"Sure, [SEG].<|im_end|>", which favours it). With ``--gpus 2`` it also runs the same single-pass
+work split over two processes (torchrun, one GPU each) and reports the scaling.
+
+Token ids: the released tokenizer is not available offline, so the processor uses the tiny
+tokenizer (same template, tiling, image-token counts) and the [SEG]/image-token ids are remapped
+to the real model's ids. Images are random noise made with numpy (content does not change speed;
+OpenCV is not on the GPU machine).
+
+    python benchmarks/predict.py --device cuda --gpus 2 --out predict_bench.json
+    python benchmarks/predict.py --device cpu --preset tiny --batch-sizes 1 4 --images 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class RemappedProcessor:
+    """The real processor, with token ids moved to the real model's ids (see module docstring)."""
+
+    def __init__(self, processor: Any, id_map: dict[int, int]) -> None:
+        self.processor, self.id_map = processor, id_map
+
+    def __call__(self, samples: Any, train: bool = False, **kwargs: Any) -> Any:
+        batch = self.processor(samples, train=train, **kwargs)
+        ids = batch.input_ids.clone()
+        for old, new in self.id_map.items():
+            ids[batch.input_ids == old] = new
+        batch.input_ids = ids
+        return batch
+
+
+def build(preset: str, device: str, dtype_name: str) -> tuple[Any, Any, Any]:
+    """Model (eval, on device), remapping processor, config."""
+    import torch
+
+    from vesselctl.model.load import build_model, resolve_dtype
+    from vesselctl.model.presets import TINY_PROCESSOR_OVERRIDES, preset_config
+    from vesselctl.model.processor import ProcessorOptions, Sa2VAProcessor
+    from vesselctl.model.tokenizer import build_tiny_tokenizer, token_ids
+
+    tokenizer = build_tiny_tokenizer()
+    config = preset_config(preset, tokenizer)
+    options = ProcessorOptions.from_config(config, **TINY_PROCESSOR_OVERRIDES.get(preset, {}))
+    processor = Sa2VAProcessor(tokenizer, options)
+    image_token = "<IMG_CONTEXT>" if config.family == "internvl" else "<|image_pad|>"
+    tiny = token_ids(tokenizer, ["[SEG]", image_token])
+    id_map = {tiny["[SEG]"]: config.seg_token_id, tiny[image_token]: config.image_token_id}
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = build_model(config, resolve_dtype(dtype_name), "sdpa").eval()
+    return model, RemappedProcessor(processor, id_map), config
+
+
+def noise_images(count: int, size: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(count)]
+
+
+def sync(device: Any) -> None:
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def single_pass_rate(
+    model: Any, processor: Any, images: list, batch_size: int, device: Any, dtype: Any, repeats: int
+) -> tuple[float, float | None]:
+    """Images/s of the predict stage's batched path, and peak GPU memory (GiB)."""
+    import torch
+
+    from vesselctl.stages.predict import run_views
+
+    run_views(model, processor, images[:batch_size], "blood vessels", batch_size, device, dtype)
+    if str(device).startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    rates = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        run_views(model, processor, images, "blood vessels", batch_size, device, dtype)
+        sync(device)
+        rates.append(len(images) / (time.perf_counter() - start))
+    peak = torch.cuda.max_memory_allocated() / 2**30 if str(device).startswith("cuda") else None
+    return statistics.median(rates), peak
+
+
+def generate_rate(model: Any, processor: Any, images: list, device: Any, dtype: Any) -> float:
+    """Images/s of the official-style path: one image at a time, greedy generation, then SAM2."""
+    import torch
+    from transformers import LogitsProcessorList
+
+    from vesselctl.model.batch import SegSample
+
+    class ForceAnswer:
+        def __init__(self, tokens: list[int], prompt_length: int) -> None:
+            self.tokens, self.prompt_length = tokens, prompt_length
+
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            step = min(input_ids.shape[1] - self.prompt_length, len(self.tokens) - 1)
+            forced = torch.full_like(scores, torch.finfo(scores.dtype).min)
+            forced[:, self.tokens[step]] = 0.0
+            return forced
+
+    samples = [SegSample(f"g{i}", im, ["blood vessels"]) for i, im in enumerate(images)]
+    full = processor(samples[:1], train=False)
+    prompts = [processor([s], train=False, prompt_only=True).to(device, dtype) for s in samples]
+    n_prompt = int(prompts[0].attention_mask[0].sum())
+    answer = full.input_ids[0, n_prompt : int(full.attention_mask[0].sum())].tolist()
+
+    def run_all(batches: list) -> None:
+        for prompt in batches:
+            forced = LogitsProcessorList([ForceAnswer(answer, n_prompt)])
+            with torch.inference_mode():
+                out = model.generate_masks(
+                    prompt, max_new_tokens=len(answer), logits_processor=forced
+                )
+            out[0].probabilities.float().cpu()
+
+    run_all(prompts[:1])
+    sync(device)
+    start = time.perf_counter()
+    run_all(prompts)
+    sync(device)
+    return len(prompts) / (time.perf_counter() - start)
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One torchrun process: predict its share of the images; rank 0 prints the aggregate rate."""
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("nccl")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    torch.cuda.set_device(device)
+    model, processor, _ = build(args.preset, str(device), args.dtype)
+    dtype = next(model.parameters()).dtype
+    images = noise_images(args.images, args.image_size)[rank::world]
+    from vesselctl.stages.predict import run_views
+
+    bs = max(args.batch_sizes)
+    run_views(model, processor, images[:bs], "blood vessels", bs, device, dtype)
+    times = []
+    for _ in range(args.repeats):
+        dist.barrier()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        run_views(model, processor, images, "blood vessels", bs, device, dtype)
+        torch.cuda.synchronize()
+        dist.barrier()
+        times.append(time.perf_counter() - start)
+    if rank == 0:
+        print(
+            json.dumps(
+                {
+                    "world": world,
+                    "batch_size": bs,
+                    "images_per_s": args.images / statistics.median(times),
+                }
+            )
+        )
+    dist.destroy_process_group()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="sa2va-1b")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--images", type=int, default=128, help="images per timed run")
+    parser.add_argument("--generate-images", type=int, default=16)
+    parser.add_argument("--image-size", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--gpus", type=int, default=1, help="also measure scaling to N GPUs")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return 0
+
+    import torch
+
+    from vesselctl.files import atomic_write_json, run_provenance
+
+    device = torch.device(args.device)
+    model, processor, _ = build(args.preset, args.device, args.dtype)
+    dtype = next(model.parameters()).dtype
+    images = noise_images(args.images, args.image_size)
+    rows = []
+    for bs in args.batch_sizes:
+        rate, peak = single_pass_rate(model, processor, images, bs, device, dtype, args.repeats)
+        rows.append(
+            {
+                "mode": "single_pass",
+                "gpus": 1,
+                "batch_size": bs,
+                "images_per_s": rate,
+                "peak_memory_gib": peak,
+            }
+        )
+    gen = generate_rate(model, processor, images[: args.generate_images], device, dtype)
+    rows.append(
+        {
+            "mode": "generate",
+            "gpus": 1,
+            "batch_size": 1,
+            "images_per_s": gen,
+            "peak_memory_gib": None,
+        }
+    )
+    del model
+    if args.gpus > 1:
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc-per-node={args.gpus}",
+            __file__,
+            "--worker",
+            "--preset",
+            args.preset,
+            "--dtype",
+            args.dtype,
+            "--images",
+            str(args.images),
+            "--image-size",
+            str(args.image_size),
+            "--repeats",
+            str(args.repeats),
+            "--batch-sizes",
+            str(max(args.batch_sizes)),
+        ]
+        torch.cuda.empty_cache()
+        out = subprocess.run(command, capture_output=True, text=True, check=False)
+        lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+        if out.returncode != 0 or not lines:
+            print(out.stdout[-3000:], out.stderr[-3000:], file=sys.stderr)
+            raise SystemExit(f"multi-GPU worker failed with exit code {out.returncode}")
+        multi = json.loads(lines[-1])
+        rows.append(
+            {
+                "mode": "single_pass",
+                "gpus": args.gpus,
+                "batch_size": multi["batch_size"],
+                "images_per_s": multi["images_per_s"],
+                "peak_memory_gib": None,
+            }
+        )
+    one_gpu_best = {
+        r["batch_size"]: r["images_per_s"]
+        for r in rows
+        if r["mode"] == "single_pass" and r["gpus"] == 1
+    }
+    for row in rows:
+        row["speedup_vs_generate"] = row["images_per_s"] / gen
+        if row["gpus"] > 1:
+            row["scaling_vs_1_gpu"] = row["images_per_s"] / one_gpu_best[row["batch_size"]]
+
+    print(
+        f"{'mode':<12}{'gpus':>5}{'batch':>6}{'images/s':>10}{'peak GiB':>10}{'vs gen':>8}"
+        f"{'scaling':>9}"
+    )
+    for r in rows:
+        peak = "-" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.2f}"
+        scaling = f"{r['scaling_vs_1_gpu']:.2f}x" if "scaling_vs_1_gpu" in r else "-"
+        print(
+            f"{r['mode']:<12}{r['gpus']:>5}{r['batch_size']:>6}{r['images_per_s']:>10.2f}"
+            f"{peak:>10}{r['speedup_vs_generate']:>7.1f}x{scaling:>9}"
+        )
+    if args.out is not None:
+        atomic_write_json(
+            args.out,
+            {
+                "benchmark": "predict",
+                "settings": {k: str(v) for k, v in vars(args).items()},
+                "device_name": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                "provenance": run_provenance(include_gpus=device.type == "cuda"),
+                "results": rows,
+            },
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,369 @@
+"""``Sa2VAModel``: Sa2VA composed from transformers' native parts, with no remote code.
+
+``mllm`` (``InternVLForConditionalGeneration`` or ``Qwen2_5_VLForConditionalGeneration``) reads the
+image and the conversation; the last-layer hidden state at each ``[SEG]`` token goes through
+``text_hidden_fcs`` (H -> H -> 256) and prompts ``sam2`` (``Sam2Model``) as a third sparse token
+next to the prompt encoder's two "no point" tokens; SAM2 decodes three masks and the one with
+the best predicted IoU is kept (256 x 256 logits for a 1024 input).
+
+Which hidden state: the one at the ``[SEG]`` position itself. Evidence, bytedance/Sa2VA
+(projects/sa2va): training takes ``hidden_states[-1][input_ids == seg_token_idx]``
+(models/sa2va.py, ``forward``), with the [SEG] teacher-forced in the answer; inference
+(hf/models/modeling_sa2va_chat.py, ``predict_forward``) concatenates the per-step last-layer
+hidden states of ``generate`` and keeps those whose *input* token (``sequences[0][:-1]``) is
+[SEG] -- again the position where [SEG] is fed, not the one that predicts it. So a
+teacher-forced forward over "... Sure, [SEG]." yields the [SEG] hidden state of generation,
+which is what ``predict_probabilities`` relies on (tested in tests/model/test_inference.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel, Sam2Model
+
+from vesselctl.errors import ModelError
+from vesselctl.model.batch import Sa2VABatch, Sa2VAOutput
+from vesselctl.model.config import Sa2VAConfig
+from vesselctl.model.losses import llm_cross_entropy, mask_losses
+
+
+@dataclass
+class SegGather:
+    """The [SEG] hidden states of a batch, in sample order then token order."""
+
+    hidden: torch.Tensor  # [N, H]
+    counts: list[int]  # [SEG]s per sample, len B
+    image_index: torch.Tensor  # [N] long: which sample (image) each [SEG] belongs to
+
+
+def gather_seg_hidden_states(
+    hidden_states: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    seg_token_id: int,
+) -> SegGather:
+    """Pick the hidden state at every [SEG] token of real (non-padding) positions.
+
+    Rows follow sample order, then position order, so ``counts`` splits them per sample.
+    """
+    seg_mask = input_ids == seg_token_id
+    if attention_mask is not None:
+        seg_mask = seg_mask & attention_mask.bool()
+    counts_t = seg_mask.sum(dim=1)
+    image_index = torch.repeat_interleave(
+        torch.arange(input_ids.shape[0], device=input_ids.device), counts_t
+    )
+    return SegGather(
+        hidden=hidden_states[seg_mask], counts=counts_t.tolist(), image_index=image_index
+    )
+
+
+class Sa2VAModel(PreTrainedModel):
+    """Sa2VA = native MLLM + native SAM2 + ``text_hidden_fcs``; see the module docstring."""
+
+    config_class = Sa2VAConfig
+    base_model_prefix = "sa2va"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_attention_backend = True
+
+    def __init__(self, config: Sa2VAConfig) -> None:
+        super().__init__(config)
+        attn = getattr(config, "_attn_implementation", None)
+        if attn is not None:
+            config.mllm_config._attn_implementation = attn
+            # SAM2's mask decoder follows its own config; keep it on SDPA/eager, never flash.
+            config.sam2_config._attn_implementation = "eager" if attn == "eager" else "sdpa"
+        if config.family == "internvl":
+            from transformers import InternVLForConditionalGeneration
+
+            self.mllm = InternVLForConditionalGeneration(config.mllm_config)
+        else:
+            from transformers import Qwen2_5_VLForConditionalGeneration
+
+            self.mllm = Qwen2_5_VLForConditionalGeneration(config.mllm_config)
+        self.sam2 = Sam2Model(config.sam2_config)
+        hidden = config.llm_hidden_size
+        self.text_hidden_fcs = nn.Sequential(
+            nn.Linear(hidden, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, config.text_projection_dim),
+            nn.Dropout(0.0),
+        )
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Initialise only ``text_hidden_fcs``; the native parts initialise themselves."""
+        if any(module is m for m in self.text_hidden_fcs.modules()) and isinstance(
+            module, nn.Linear
+        ):
+            module.weight.data.normal_(mean=0.0, std=0.02)
+            if module.bias is not None:
+                module.bias.data.zero_()
+
+    # --- switches ------------------------------------------------------------------------
+
+    def set_llm_gradient_checkpointing(self, enabled: bool) -> None:
+        """Gradient checkpointing on the LLM layers only, as the official recipe does.
+
+        transformers >= 5.2x names it "activation checkpointing" (the old name warns); 5.17 may
+        only have the old name, so use whichever exists.
+        """
+        language_model = self.mllm.model.language_model
+        if enabled:
+            if hasattr(language_model, "activation_checkpointing_enable"):
+                language_model.activation_checkpointing_enable(
+                    activation_checkpointing_kwargs={"use_reentrant": False}
+                )
+            else:
+                language_model.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False}
+                )
+        elif hasattr(language_model, "activation_checkpointing_disable"):
+            language_model.activation_checkpointing_disable()
+        else:
+            language_model.gradient_checkpointing_disable()
+
+    @property
+    def llm_gradient_checkpointing(self) -> bool:
+        """Whether the LLM layers recompute activations in backward."""
+        return any(
+            getattr(m, "gradient_checkpointing", False)
+            for m in self.mllm.model.language_model.modules()
+        )
+
+    @property
+    def seg_token_id(self) -> int:
+        return int(self.config.seg_token_id)
+
+    # --- the MLLM side -------------------------------------------------------------------
+
+    def mllm_hidden_states(self, batch: Sa2VABatch) -> torch.Tensor:
+        """Last-layer (final-norm) hidden states of the LLM over the batch, [B, T, H].
+
+        Calls the MLLM's base model (``mllm.model``) so no [B, T, vocab] logits are built;
+        the LM head is applied later only where a loss needs it.
+        """
+        kwargs: dict = {
+            "input_ids": batch.input_ids,
+            "attention_mask": batch.attention_mask,
+            "pixel_values": batch.pixel_values,
+            "use_cache": False,
+        }
+        if self.config.family == "qwen2_5_vl":
+            if batch.image_grid_thw is None:
+                raise ModelError(
+                    "Qwen2.5-VL batch has no image_grid_thw; the processor must provide it "
+                    "with pixel_values"
+                )
+            kwargs["image_grid_thw"] = batch.image_grid_thw
+            if self._mllm_takes_mm_token_types():
+                kwargs["mm_token_type_ids"] = self._mm_token_type_ids(batch)
+        dtype = self.mllm.dtype
+        if kwargs["pixel_values"] is not None and kwargs["pixel_values"].is_floating_point():
+            kwargs["pixel_values"] = kwargs["pixel_values"].to(dtype)
+        outputs = self.mllm.model(**kwargs)
+        return outputs.last_hidden_state
+
+    def _mllm_takes_mm_token_types(self) -> bool:
+        """transformers >= 5.2x builds Qwen2.5-VL's 3D (mrope) positions only when given
+        ``mm_token_type_ids``; without them it silently falls back to 1D positions."""
+        import inspect
+
+        return "mm_token_type_ids" in inspect.signature(self.mllm.model.forward).parameters
+
+    def _mm_token_type_ids(self, batch: Sa2VABatch) -> torch.Tensor:
+        """The batch's token types (1 = image token), or built from the image token id."""
+        given = getattr(batch, "mm_token_type_ids", None)
+        if given is not None:
+            return given
+        return (batch.input_ids == self.config.image_token_id).long()
+
+    # --- the SAM2 side -------------------------------------------------------------------
+
+    def sam2_image_embeddings(self, sam2_pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """SAM2 feature maps per image, high resolution first: [B, C_i, h_i, w_i] each.
+
+        ``no_memory_embedding`` is added to the lowest-resolution map (a single frame has no
+        memory), as the official image path does. The two high-resolution maps are already
+        projected by the mask decoder's ``conv_s0`` / ``conv_s1`` (``get_image_features`` does it).
+        """
+        pixel_values = sam2_pixel_values.to(self.sam2.dtype)
+        batch_size = pixel_values.shape[0]
+        features = self.sam2.get_image_features(pixel_values, return_dict=True)
+        maps = list(features.fpn_hidden_states)  # each [h*w, B, C]
+        maps[-1] = maps[-1] + self.sam2.no_memory_embedding
+        return [
+            m.permute(1, 2, 0).reshape(batch_size, -1, *size)
+            for m, size in zip(maps, self.sam2.backbone_feature_sizes, strict=True)
+        ]
+
+    def decode_masks(
+        self,
+        image_embeddings: list[torch.Tensor],
+        prompt_embeddings: torch.Tensor,
+        image_index: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode one mask per prompt, all prompts of the batch in one decoder call.
+
+        ``prompt_embeddings`` [N, 256] are projected [SEG] states; ``image_index`` [N] says
+        which image each belongs to, so each image's features (computed once) are shared by
+        all its [SEG]s. Returns logits [N, h, w] of the best-IoU multimask output and its
+        predicted IoU [N].
+        """
+        n = prompt_embeddings.shape[0]
+        dtype = image_embeddings[-1].dtype
+        device = image_embeddings[-1].device
+        low_res = image_embeddings[-1].index_select(0, image_index)
+        high_res = [f.index_select(0, image_index) for f in image_embeddings[:-1]]
+        # One empty point (label -1); the prompt encoder pads it with a second "not a point"
+        # token because no box is given -> 2 sparse tokens, as Sa2VA's SAM2 call produces.
+        points = torch.zeros(n, 1, 1, 2, dtype=dtype, device=device)
+        labels = -torch.ones(n, 1, 1, dtype=torch.int32, device=device)
+        sparse, dense = self.sam2.prompt_encoder(
+            input_points=points, input_labels=labels, input_boxes=None, input_masks=None
+        )
+        sparse = torch.cat([sparse, prompt_embeddings.to(sparse.dtype)[:, None, None, :]], dim=2)
+        positional = self.sam2.get_image_wide_positional_embeddings().to(dtype)
+        positional = positional.expand(n, -1, -1, -1)
+        masks, iou, _, _ = self.sam2.mask_decoder(
+            image_embeddings=low_res,
+            image_positional_embeddings=positional,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense.to(dtype),
+            multimask_output=True,
+            high_resolution_features=high_res,
+        )
+        masks = masks[:, 0]  # [N, 3, h, w]
+        iou = iou[:, 0]  # [N, 3]
+        best = iou.argmax(dim=-1)  # [N]
+        rows = torch.arange(n, device=device)
+        return masks[rows, best], iou[rows, best]
+
+    def seg_logits(
+        self, batch: Sa2VABatch, hidden_states: torch.Tensor
+    ) -> tuple[SegGather, torch.Tensor, torch.Tensor]:
+        """[SEG] hidden states -> SAM2 logits [N, h, w] and IoU [N] for the whole batch."""
+        gathered = gather_seg_hidden_states(
+            hidden_states, batch.input_ids, batch.attention_mask, self.seg_token_id
+        )
+        image_embeddings = self.sam2_image_embeddings(batch.sam2_pixel_values)
+        prompts = self.text_hidden_fcs(gathered.hidden)
+        logits, iou = self.decode_masks(image_embeddings, prompts, gathered.image_index)
+        return gathered, logits, iou
+
+    # --- inference (implemented in model/inference.py) ----------------------------------
+
+    def predict_probabilities(self, batch: Sa2VABatch) -> list[torch.Tensor]:
+        """Single teacher-forced pass -> per-sample probabilities [n_seg_i, H_i, W_i]."""
+        from vesselctl.model.inference import predict_probabilities
+
+        return predict_probabilities(self, batch)
+
+    def generate_masks(self, batch: Sa2VABatch, max_new_tokens: int = 512, **kwargs: Any) -> list:
+        """Greedy generation then SAM2 on generated [SEG]s (official ``predict_forward``)."""
+        from vesselctl.model.inference import generate_masks
+
+        return generate_masks(self, batch, max_new_tokens=max_new_tokens, **kwargs)
+
+    # --- training forward ----------------------------------------------------------------
+
+    def forward(self, batch: Sa2VABatch) -> Sa2VAOutput:  # type: ignore[override]
+        """Teacher-forced forward: weighted losses (when labels/masks are given) and mask logits.
+
+        Every call runs the same modules whatever the batch holds: a batch without any [SEG]
+        still decodes one dummy prompt and adds 0 x its output, so all ranks of a distributed
+        run reduce the same gradients (ZeRO / DDP hang otherwise).
+        """
+        cfg = self.config
+        hidden_states = self.mllm_hidden_states(batch)
+        gathered = gather_seg_hidden_states(
+            hidden_states, batch.input_ids, batch.attention_mask, self.seg_token_id
+        )
+        image_embeddings = self.sam2_image_embeddings(batch.sam2_pixel_values)
+        n_seg = int(gathered.hidden.shape[0])
+        if n_seg > 0:
+            prompts = self.text_hidden_fcs(gathered.hidden)
+            logits, iou = self.decode_masks(image_embeddings, prompts, gathered.image_index)
+        else:
+            # Dummy prompt from the first token of sample 0, through the same layers.
+            dummy = self.text_hidden_fcs(hidden_states[:1, 0])
+            zero_index = torch.zeros(1, dtype=torch.long, device=hidden_states.device)
+            dummy_logits, dummy_iou = self.decode_masks(image_embeddings, dummy, zero_index)
+            logits = dummy_logits[:0]
+            iou = dummy_iou[:0]
+            # Logits only (not IoU): the same parameters get gradients as on a normal batch.
+            graph_anchor = dummy_logits.sum() * 0.0
+
+        mask_logits = list(torch.split(logits, gathered.counts, dim=0))
+        iou_scores = list(torch.split(iou, gathered.counts, dim=0))
+
+        loss_mask = loss_dice = llm_loss = None
+        wants_loss = batch.gt_masks is not None or batch.labels is not None
+        if batch.gt_masks is not None and n_seg > 0:
+            targets = self._aligned_targets(batch.gt_masks, batch, gathered.counts, logits)
+            parts = mask_losses(
+                logits,
+                targets,
+                bce_weight=cfg.loss_bce_weight,
+                dice_weight=cfg.loss_dice_weight,
+                num_points=cfg.num_points,
+                oversample_ratio=cfg.oversample_ratio,
+                importance_sample_ratio=cfg.importance_sample_ratio,
+            )
+            loss_mask, loss_dice = parts.loss_mask, parts.loss_dice
+        elif wants_loss and n_seg == 0:
+            # No [SEG] anywhere: zero mask losses that still touch SAM2 and text_hidden_fcs.
+            loss_mask = graph_anchor
+            loss_dice = graph_anchor * 0.0
+        if batch.labels is not None:
+            llm_loss = llm_cross_entropy(hidden_states, batch.labels, self.mllm.lm_head)
+            llm_loss = llm_loss * cfg.loss_llm_weight
+        present = [p for p in (loss_mask, loss_dice, llm_loss) if p is not None]
+        loss = torch.stack([p.float() for p in present]).sum() if present else None
+        return Sa2VAOutput(
+            loss=loss,
+            loss_mask=loss_mask,
+            loss_dice=loss_dice,
+            llm_loss=llm_loss,
+            mask_logits=mask_logits,
+            iou_scores=iou_scores,
+        )
+
+    @staticmethod
+    def _aligned_targets(
+        gt_masks: list[torch.Tensor], batch: Sa2VABatch, counts: list[int], logits: torch.Tensor
+    ) -> torch.Tensor:
+        """Stack the ground-truth masks in [SEG] order, after checking one mask per [SEG].
+
+        Masks of different samples may have different sizes; each is resized (nearest) to the
+        logits size first so they can be stacked.
+        """
+        if len(gt_masks) != len(counts):
+            raise ModelError(
+                f"batch has {len(counts)} samples but gt_masks holds {len(gt_masks)} entries; "
+                "expected one [n_seg, H, W] tensor per sample"
+            )
+        side = logits.shape[-1]
+        stacked = []
+        for i, (masks, count) in enumerate(zip(gt_masks, counts, strict=True)):
+            if masks.shape[0] != count:
+                sample = batch.sample_ids[i] if i < len(batch.sample_ids) else f"#{i}"
+                raise ModelError(
+                    f"sample {sample}: {count} [SEG] token(s) in input_ids but {masks.shape[0]} "
+                    "ground-truth mask(s); each [SEG] needs exactly one mask (was the prompt "
+                    "truncated?)"
+                )
+            if count:
+                resized = F.interpolate(masks[:, None].float(), size=(side, side), mode="nearest")[
+                    :, 0
+                ]
+                stacked.append(resized.to(logits.device))
+        return torch.cat(stacked, dim=0)

@@ -1,0 +1,516 @@
+"""`vesselctl predict`: masks, probabilities and overlays for any images, in single passes.
+
+Reads top to bottom: find the images, load the model once, then for each group of images build
+the views (tiles, mirrored copies), run them through the model in batches, stitch the views back
+into one probability map per image at its original size, and write that image's files before
+moving on, so a crash loses at most one group and ``--skip-existing`` resumes. Under a launcher
+(torchrun, Slurm) every rank predicts its share and rank 0 merges the logs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from vesselctl.data.images import encode_png, read_image, to_uint8
+from vesselctl.data.manifest import is_prepared_dataset, read_manifest
+from vesselctl.errors import ConfigError, DatasetError, ModelError
+from vesselctl.files import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_jsonl,
+    run_provenance,
+)
+from vesselctl.settings.base import write_resolved_settings
+from vesselctl.settings.predict import PredictSettings
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+PREDICTIONS_NAME = "predictions.jsonl"
+OVERLAY_COLOUR = np.array([255, 40, 40], dtype=np.float32)
+_stderr = Console(stderr=True)
+
+
+@dataclass(frozen=True)
+class PredictItem:
+    """One input image: the id its outputs are named by, and where it is read from."""
+
+    id: str
+    path: Path
+
+
+@dataclass
+class PredictResult:
+    """What a predict run did; ``failures`` lists images that could not be read."""
+
+    out_dir: Path
+    predicted: int = 0
+    skipped: int = 0
+    failures: list[dict[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    device: str = "cpu"
+    batch_size: int = 0
+
+    @property
+    def images_per_s(self) -> float:
+        return self.predicted / self.seconds if self.seconds > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "out_dir": str(self.out_dir),
+            "predicted": self.predicted,
+            "skipped": self.skipped,
+            "failed": len(self.failures),
+            "failures": self.failures,
+            "seconds": round(self.seconds, 3),
+            "images_per_s": round(self.images_per_s, 3),
+            "device": self.device,
+            "final_batch_size": self.batch_size,
+        }
+
+
+# --- inputs ---------------------------------------------------------------------------------------
+
+
+def find_inputs(source: Path, split: str | None) -> list[PredictItem]:
+    """An image file, a folder of images (recursive; ids from relative paths) or a prepared set."""
+    source = Path(source)
+    if source.is_file():
+        return [PredictItem(source.stem, source)]
+    if not source.is_dir():
+        raise DatasetError(f"{source}: no such image or folder; check --input")
+    if is_prepared_dataset(source):
+        return [PredictItem(r.id, r.image_path(source)) for r in read_manifest(source, split)]
+    if split is not None:
+        raise ConfigError(
+            f"--split {split} needs a prepared dataset but {source} has no manifest.jsonl"
+        )
+    items: list[PredictItem] = []
+    seen: dict[str, Path] = {}
+    for path in sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+        relative = path.relative_to(source).with_suffix("")
+        item_id = "__".join(relative.parts)
+        if item_id in seen:
+            raise DatasetError(
+                f"{path} and {seen[item_id]} both map to output id '{item_id}'; rename one"
+            )
+        seen[item_id] = path
+        items.append(PredictItem(item_id, path))
+    if not items:
+        raise DatasetError(
+            f"{source}: no images found (looked for {', '.join(IMAGE_SUFFIXES)} recursively)"
+        )
+    return items
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    """Read any supported image as H x W x 3 uint8 RGB (16-bit scaled, grayscale repeated)."""
+    array = to_uint8(read_image(path))
+    if array.ndim == 2:
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(array)
+
+
+# --- views: tiles and mirrored copies -------------------------------------------------------------
+
+
+def window_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of length ``tile`` covering ``size`` with at least ``overlap``."""
+    if size <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, size - tile, stride))
+    starts.append(size - tile)
+    return starts
+
+
+def blend_window(height: int, width: int, overlap: int) -> np.ndarray:
+    """Weights that fall linearly to the tile edges over the overlap, so seams fade smoothly."""
+    ramp = max(overlap, 1)
+
+    def axis(n: int) -> np.ndarray:
+        i = np.arange(n, dtype=np.float32)
+        return np.minimum(1.0, np.minimum(i + 1, n - i) / (ramp + 1))
+
+    return np.outer(axis(height), axis(width))
+
+
+@dataclass(frozen=True)
+class View:
+    """A crop (y0, x0, y1, x1) of one image, optionally mirrored left-right."""
+
+    image_index: int
+    box: tuple[int, int, int, int]
+    flipped: bool
+
+
+def image_views(index: int, height: int, width: int, settings: PredictSettings) -> list[View]:
+    """All views of one image: its tiles (or the whole image), each also mirrored with TTA."""
+    inference = settings.inference
+    if inference.tile_size and max(height, width) > inference.tile_size:
+        tile, overlap = inference.tile_size, inference.tile_overlap
+        boxes = [
+            (y, x, min(y + tile, height), min(x + tile, width))
+            for y in window_starts(height, tile, overlap)
+            for x in window_starts(width, tile, overlap)
+        ]
+    else:
+        boxes = [(0, 0, height, width)]
+    flips = (False, True) if inference.hflip_tta else (False,)
+    return [View(index, box, flip) for box in boxes for flip in flips]
+
+
+# --- the model ------------------------------------------------------------------------------------
+
+
+def resolve_device_and_dtype(settings: PredictSettings) -> tuple[Any, Any]:
+    """torch device and dtype from the settings ('auto': CUDA + bf16 when available)."""
+    import torch
+
+    inference = settings.inference
+    device_name = inference.device
+    if device_name == "auto":
+        device_name = "cuda" if torch.cuda.is_available() else "cpu"
+    if device_name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("inference.device is cuda but no GPU is visible; use --device cpu")
+    device = torch.device(device_name)
+    if device.type == "cuda":
+        from vesselctl.training.launch import launcher_env
+
+        dist = launcher_env()
+        device = torch.device("cuda", dist.local_rank if dist else torch.cuda.current_device())
+    dtype_name = inference.dtype
+    if dtype_name == "auto":
+        dtype_name = "bfloat16" if device.type == "cuda" else "float32"
+    return device, getattr(torch, dtype_name)
+
+
+def resolve_model_source(settings: PredictSettings, work_dir: Path) -> Any:
+    """A loadable model for ``--model``: a model folder as it is, a training checkpoint converted.
+
+    Training checkpoints (official ``iter_N.pth``, DeepSpeed folders, vesselctl ``step_N``) are
+    converted and verified by the convert stage into ``work_dir/model`` first, so predict and
+    ``evaluate --ckpt`` run exactly the weights ``vesselctl convert`` would produce.
+    """
+    from vesselctl.model.checkpoints import detect_format
+    from vesselctl.settings.convert import ConvertSettings
+    from vesselctl.settings.model import ModelSourceSettings
+
+    path = Path(str(settings.model))
+    fmt = detect_format(path)
+    if fmt == "vesselctl_model":
+        return ModelSourceSettings(kind="vesselctl", model_dir=path)
+    if fmt == "official_hf":
+        return ModelSourceSettings(kind="official_hf", model_dir=path)
+    if fmt in ("torch_file", "deepspeed", "vesselctl_train"):
+        from vesselctl.stages import convert
+
+        converted = work_dir / "model"
+        if not (converted / "config.json").is_file():
+            convert.run(
+                ConvertSettings(source=path, out=converted, base=settings.base, overwrite=True)
+            )
+        return ModelSourceSettings(kind="vesselctl", model_dir=converted)
+    raise ConfigError(
+        f"--model {path}: a '{fmt}' cannot be used for prediction; give a vesselctl model "
+        "folder, an official Sa2VA HF export, or a training checkpoint (with --base)"
+    )
+
+
+def load_predictor(
+    settings: PredictSettings, out: Path, device: Any, dtype: Any
+) -> tuple[Any, Any]:
+    """The model (eval mode, on ``device``) and its processor."""
+    from vesselctl.model.load import load_model
+
+    model, processor = load_model(resolve_model_source(settings, out))
+    model = model.to(device=device, dtype=dtype).eval()
+    return model, processor
+
+
+def run_views(
+    model: Any,
+    processor: Any,
+    crops: Sequence[np.ndarray],
+    prompt: str,
+    batch_size: int,
+    device: Any,
+    dtype: Any,
+) -> tuple[list[np.ndarray], int]:
+    """Probabilities for each crop, in batches; on CUDA out-of-memory the batch is halved.
+
+    Returns the probability maps (float32, crop-sized) and the batch size that worked.
+    """
+    import torch
+
+    from vesselctl.model.batch import SegSample
+
+    probs: list[np.ndarray] = []
+    start = 0
+    while start < len(crops):
+        chunk = crops[start : start + batch_size]
+        samples = [SegSample(f"view{start + i}", c, [prompt]) for i, c in enumerate(chunk)]
+        try:
+            batch = processor(samples, train=False).to(device, dtype)
+            with torch.inference_mode():
+                out = model.predict_probabilities(batch)
+        except torch.cuda.OutOfMemoryError as exc:
+            torch.cuda.empty_cache()
+            if batch_size == 1:
+                raise ModelError(
+                    "out of GPU memory at batch size 1; use a smaller model, --set "
+                    "inference.tile_size=512 for large images, or --device cpu"
+                ) from exc
+            batch_size = max(1, batch_size // 2)
+            _stderr.print(f"out of GPU memory: batch size halved to {batch_size}")
+            continue
+        probs.extend(p[0].float().cpu().numpy() for p in out)
+        start += len(chunk)
+    return probs, batch_size
+
+
+def stitch(
+    views: Sequence[View], probs: Sequence[np.ndarray], height: int, width: int, overlap: int
+) -> np.ndarray:
+    """Weighted average of view probabilities back into one H x W map."""
+    if len(views) == 1 and not views[0].flipped:
+        return probs[0]
+    total = np.zeros((height, width), np.float32)
+    weight = np.zeros((height, width), np.float32)
+    for view, prob in zip(views, probs, strict=True):
+        y0, x0, y1, x1 = view.box
+        p = prob[:, ::-1] if view.flipped else prob
+        w = blend_window(y1 - y0, x1 - x0, overlap)
+        total[y0:y1, x0:x1] += p * w
+        weight[y0:y1, x0:x1] += w
+    return total / np.maximum(weight, 1e-12)
+
+
+# --- outputs --------------------------------------------------------------------------------------
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """The image with predicted vessel pixels tinted red."""
+    out = image.astype(np.float32)
+    out[mask] = (1 - alpha) * out[mask] + alpha * OVERLAY_COLOUR
+    return out.round().astype(np.uint8)
+
+
+def write_outputs(
+    out: Path, item: PredictItem, image: np.ndarray, prob: np.ndarray, settings: PredictSettings
+) -> dict[str, Any]:
+    """Write one image's mask, probability map and overlay; return its predictions.jsonl record."""
+    mask = prob > settings.inference.threshold
+    kind = settings.output.probabilities
+    if kind == "png":
+        atomic_write_bytes(
+            out / "probabilities" / f"{item.id}.png",
+            encode_png(np.round(prob * 255).astype(np.uint8)),
+        )
+    elif kind == "npz":
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, prob=prob.astype(np.float16))
+        atomic_write_bytes(out / "probabilities" / f"{item.id}.npz", buffer.getvalue())
+    if settings.output.overlays:
+        atomic_write_bytes(out / "overlays" / f"{item.id}.png", encode_png(overlay(image, mask)))
+    # The mask is written last: its presence marks the image as done for --skip-existing.
+    atomic_write_bytes(out / "masks" / f"{item.id}.png", encode_png(mask.astype(np.uint8) * 255))
+    area = int(mask.sum())
+    return {
+        "id": item.id,
+        "source": str(item.path),
+        "height": int(mask.shape[0]),
+        "width": int(mask.shape[1]),
+        "mask_area": area,
+        "mask_fraction": round(area / mask.size, 6),
+        "max_probability": round(float(prob.max()), 6),
+    }
+
+
+def prepare_out_dir(out: Path, settings: PredictSettings) -> dict[str, dict[str, Any]]:
+    """Check OUT is usable; return the records already there when resuming."""
+    out.mkdir(parents=True, exist_ok=True)
+    existing = [p for p in out.iterdir() if not p.name.startswith(".")]
+    done: dict[str, dict[str, Any]] = {}
+    if existing and settings.output.skip_existing:
+        log = out / PREDICTIONS_NAME
+        if log.is_file():
+            for line in log.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a crash: that image is predicted again
+                if (out / "masks" / f"{record['id']}.png").is_file():
+                    done[record["id"]] = record
+        return done
+    if existing and not settings.output.overwrite:
+        raise ConfigError(
+            f"{out} is not empty; pass --skip-existing to resume, --overwrite to replace it, "
+            "or choose another --out"
+        )
+    return done
+
+
+def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# --- the stage ------------------------------------------------------------------------------------
+
+
+def run(settings: PredictSettings) -> PredictResult:
+    """Predict every input image and write masks, probabilities, overlays and predictions.jsonl."""
+    from vesselctl.training.launch import launcher_env
+
+    out = Path(str(settings.out))  # input, out and model are required by PredictSettings
+    dist = launcher_env()
+    rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
+
+    # 1. Inputs first: a typo in --input fails before the model is loaded.
+    items = find_inputs(Path(str(settings.input)), settings.split)
+    done = prepare_out_dir(out, settings) if rank == 0 else {}
+    if world > 1:
+        import torch.distributed as torch_dist
+
+        torch_dist.init_process_group("nccl" if _cuda() else "gloo")
+        shared = [done]
+        torch_dist.broadcast_object_list(shared, src=0)  # every rank skips the same images
+        done = shared[0]
+    todo = [item for item in items if item.id not in done][rank::world]
+
+    # 2. The model, once.
+    device, dtype = resolve_device_and_dtype(settings)
+    model, processor = load_predictor(settings, out, device, dtype)
+
+    # 3. Predict group by group; each image's files are written as soon as it is stitched.
+    result = PredictResult(out_dir=out, skipped=len(done), device=str(device))
+    batch_size = settings.inference.batch_size
+    log_path = out / (PREDICTIONS_NAME if world == 1 else f".predictions.rank{rank}.jsonl")
+    records = list(done.values())
+    started = time.perf_counter()
+    progress = _progress(settings, len(todo), rank)
+    with open(log_path, "a", encoding="utf-8") as log:
+        for group in chunks(todo, settings.inference.batch_size):
+            images, views, group_items = [], [], []
+            for item in group:
+                try:
+                    image = load_rgb(item.path)
+                except DatasetError as exc:
+                    result.failures.append(
+                        {"id": item.id, "path": str(item.path), "error": str(exc)}
+                    )
+                    progress.advance()
+                    continue
+                index = len(images)
+                images.append(image)
+                group_items.append(item)
+                views.extend(image_views(index, *image.shape[:2], settings))
+            if not images:
+                continue
+            crops = []
+            for view in views:
+                y0, x0, y1, x1 = view.box
+                crop = images[view.image_index][y0:y1, x0:x1]
+                crops.append(np.ascontiguousarray(crop[:, ::-1] if view.flipped else crop))
+            t0 = time.perf_counter()
+            probs, batch_size = run_views(
+                model, processor, crops, settings.prompt, batch_size, device, dtype
+            )
+            per_image_s = (time.perf_counter() - t0) / len(images)
+            for index, (item, image) in enumerate(zip(group_items, images, strict=True)):
+                mine = [i for i, v in enumerate(views) if v.image_index == index]
+                prob = stitch(
+                    [views[i] for i in mine],
+                    [probs[i] for i in mine],
+                    image.shape[0],
+                    image.shape[1],
+                    settings.inference.tile_overlap,
+                )
+                record = write_outputs(out, item, image, prob, settings)
+                record["time_s"] = round(per_image_s, 4)
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                records.append(record)
+                result.predicted += 1
+                progress.advance()
+    progress.close()
+    result.seconds = time.perf_counter() - started
+    result.batch_size = batch_size
+
+    # 4. Merge rank logs, then describe the run. result.json is written last: it marks completion.
+    if world > 1:
+        records, result = _gather(out, rank, world, records, result)
+        if rank != 0:
+            return result
+    atomic_write_jsonl(out / PREDICTIONS_NAME, sorted(records, key=lambda r: r["id"]))
+    write_resolved_settings(settings, out)
+    atomic_write_json(out / "run_info.json", run_provenance(include_gpus=True))
+    atomic_write_json(out / "result.json", result.to_json())
+    return result
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _gather(
+    out: Path, rank: int, world: int, records: list[dict[str, Any]], result: PredictResult
+) -> tuple[list[dict[str, Any]], PredictResult]:
+    """Collect every rank's records and counts on rank 0 (object all-gather)."""
+    import torch.distributed as torch_dist
+
+    gathered: list[Any] = [None] * world
+    torch_dist.all_gather_object(gathered, (records, result.to_json()))
+    torch_dist.destroy_process_group()
+    if rank != 0:
+        return records, result
+    merged: dict[str, dict[str, Any]] = {}
+    failures: list[dict[str, str]] = []
+    predicted = 0
+    slowest = 0.0
+    for rank_records, summary in gathered:
+        merged.update({r["id"]: r for r in rank_records})
+        failures.extend(summary["failures"])
+        predicted += summary["predicted"]
+        slowest = max(slowest, summary["seconds"])
+    for path in out.glob(".predictions.rank*.jsonl"):
+        path.unlink()
+    result.predicted, result.failures, result.seconds = predicted, failures, slowest
+    return list(merged.values()), result
+
+
+class _Progress:
+    """A rich progress bar on an interactive terminal for rank 0; silent otherwise."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self._bar = None
+        if enabled:
+            from rich.progress import Progress
+
+            self._bar = Progress(transient=False)
+            self._bar.start()
+            self._task = self._bar.add_task("predicting", total=total)
+
+    def advance(self) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _progress(settings: PredictSettings, total: int, rank: int) -> _Progress:
+    import sys
+
+    return _Progress(total, settings.progress and rank == 0 and sys.stderr.isatty())

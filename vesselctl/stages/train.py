@@ -1,0 +1,379 @@
+"""`vesselctl train`: LoRA fine-tuning of Sa2VA on a prepared dataset, resumable and observable.
+
+Reads top to bottom like a recipe; the order matters where a comment says why. Writes into the
+run folder: settings.yaml, run_info.json, deepspeed_config.json (ZeRO strategies), metrics.jsonl,
+train.log, tb/ (TensorBoard), checkpoints/ (see training/checkpoint.py) and result.json.
+
+Exit behaviour: SIGTERM saves a checkpoint and returns a result with status "interrupted" (the
+CLI then exits 143 so a scheduler sees the job was stopped and can requeue it with --resume auto).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vesselctl.errors import ConfigError, TrainingError
+from vesselctl.files import atomic_write_json, run_provenance
+from vesselctl.settings.base import write_resolved_settings
+from vesselctl.settings.train import TrainSettings
+from vesselctl.training import checkpoint as ckpt
+from vesselctl.training.launch import (
+    DistEnv,
+    check_environment,
+    choose_strategy,
+    export_dist_env,
+    launcher_env,
+    needs_relaunch,
+    relaunch,
+)
+
+RESULT_NAME = "result.json"
+LAUNCH_SETTINGS_NAME = "launch_settings.yaml"
+LAUNCH_ID_ENV = "VESSELCTL_LAUNCH_ID"
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced; also written to result.json."""
+
+    run_dir: str
+    status: str  # "completed" | "interrupted"
+    steps: int
+    total_steps: int
+    strategy: str
+    world_size: int
+    effective_batch: int
+    precision: str
+    resumed_from: str | None
+    last_checkpoint: str | None
+    best_step: int | None
+    best_val_dice: float | None
+    last_val: dict[str, float] = field(default_factory=dict)
+    final_metrics: dict[str, Any] = field(default_factory=dict)
+    trainable: dict[str, Any] = field(default_factory=dict)
+    train_time_s: float = 0.0
+    launch_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run(settings: TrainSettings) -> TrainResult:
+    """Train as ``settings`` say; under torchrun this is one rank's share of the job."""
+    # 1. Inputs that need no heavy imports are checked first, so mistakes fail in a second.
+    if settings.out is None:
+        raise ConfigError("setting 'out' is missing: pass --out RUN_DIR (the run folder)")
+    if settings.data.dataset is None:
+        raise ConfigError(
+            "setting 'data.dataset' is missing: pass --data PREPARED_DIR (from vesselctl prepare)"
+        )
+    run_dir = Path(settings.out)
+
+    # 2. More processes than this one and no launcher: start torchrun and wait for it. The
+    #    resume check runs first so a mistake is reported once, not by every worker.
+    if needs_relaunch(settings.distributed):
+        ckpt.resolve_resume(run_dir, settings.resume)
+        return _relaunch(settings, run_dir)
+    dist = launcher_env() or DistEnv()
+    resume_from = ckpt.resolve_resume(run_dir, settings.resume)
+    resume_progress = ckpt.read_progress(resume_from) if resume_from else None
+
+    import torch
+
+    from vesselctl.training.data import KeyedDataset, SeededCollate, SegDataset, StepBatchSampler
+    from vesselctl.training.deepspeed import deepspeed_config, write_deepspeed_config
+    from vesselctl.training.engine import (
+        DeepSpeedEngine,
+        TorchEngine,
+        adamw_param_groups,
+        warmup_cosine,
+    )
+    from vesselctl.training.logs import RunLog
+    from vesselctl.training.loop import LoopConfig, TrainingLoop, seed_everything
+    from vesselctl.training.trainable import SA2VA_NEW_TOKENS, apply_trainable
+
+    # 3. Device and process group before the model: the model is built on this rank's device.
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", dist.local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if dist.is_distributed and not torch.distributed.is_initialized():
+        export_dist_env(dist)
+        torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
+    bf16 = settings.precision == "bf16" or (settings.precision == "auto" and cuda)
+    if bf16 and not cuda:
+        raise ConfigError("precision 'bf16' needs a CUDA GPU; use precision auto or fp32 on CPU")
+
+    # 4. Same seed on every rank so newly initialised weights agree; then a per-rank seed so
+    #    dropout differs between ranks.
+    seed_everything(settings.seed, settings.deterministic)
+    model, processor = _build_model(settings)
+    if settings.processor.overrides():
+        processor = type(processor)(
+            processor.tokenizer, processor.options, **settings.processor.overrides()
+        )
+    if settings.model.gradient_checkpointing:
+        model.set_llm_gradient_checkpointing(True)
+    new_token_ids = _new_token_ids(processor.tokenizer, SA2VA_NEW_TOKENS)
+    model, report = apply_trainable(model, settings.lora, settings.trainable, new_token_ids)
+    torch.manual_seed(settings.seed + 1000 * dist.rank + 1)
+
+    # 5. Strategy from what the frozen model weighs and what one card holds.
+    frozen_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    gpu_memory = torch.cuda.get_device_properties(device).total_memory if cuda else None
+    strategy = choose_strategy(
+        settings.distributed.strategy, dist.world_size, cuda, frozen_bytes, gpu_memory
+    )
+    if strategy == "single" and dist.is_distributed:
+        strategy = "ddp"
+    check_environment(strategy, cuda, settings.distributed.offload)
+
+    # 6. Data: the sampler starts where the checkpoint stopped.
+    optim = settings.optim
+    effective_batch = optim.micro_batch * optim.accumulation * dist.world_size
+    augment = settings.data.augment if settings.data.augment.enabled else None
+    train_set = SegDataset(settings.data.dataset, settings.data.train_split, augment, settings.seed)
+    val_set = None
+    if settings.validation.every_steps:
+        val_set = SegDataset(
+            settings.data.dataset,
+            settings.data.val_split,
+            None,
+            settings.seed,
+            settings.validation.max_images,
+        )
+    start_epoch = int(resume_progress["epoch"]) if resume_progress else 0
+    start_step = int(resume_progress["step_in_epoch"]) if resume_progress else 0
+    sampler = StepBatchSampler(
+        len(train_set),
+        optim.micro_batch,
+        optim.accumulation,
+        dist.rank,
+        dist.world_size,
+        settings.seed,
+        start_epoch,
+        start_step,
+    )
+    total_steps = optim.max_steps or max(1, math.ceil(optim.epochs * sampler.steps_per_epoch))
+    loader = torch.utils.data.DataLoader(
+        KeyedDataset(train_set),
+        batch_sampler=sampler,
+        num_workers=settings.data.num_workers,
+        collate_fn=SeededCollate(processor, settings.seed, train=True),
+        pin_memory=cuda,
+        persistent_workers=settings.data.num_workers > 0,
+        # Its own generator: creating an iterator must not draw from the global torch RNG, or a
+        # resumed run's dropout would differ from an uninterrupted one.
+        generator=torch.Generator().manual_seed(settings.seed),
+    )
+
+    # 7. Optimiser, schedule and engine. Torch strategies keep what trains in fp32 and use
+    #    autocast; DeepSpeed keeps fp32 master copies itself and runs the module in bf16.
+    uses_deepspeed = strategy in ("zero2", "zero3")
+    if not uses_deepspeed:
+        for param in model.parameters():
+            if param.requires_grad and param.dtype != torch.float32:
+                param.data = param.data.float()
+        model.to(device)
+    optimizer = torch.optim.AdamW(
+        adamw_param_groups(model, optim.weight_decay), lr=optim.lr, betas=tuple(optim.betas)
+    )
+    warmup_steps = math.ceil(optim.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(total_steps, warmup_steps, optim.min_lr_ratio)
+    )
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_resolved_settings(settings, run_dir)
+    if uses_deepspeed:
+        ds_config = deepspeed_config(
+            settings, 3 if strategy == "zero3" else 2, dist.world_size, bf16
+        )
+        if dist.is_main:
+            write_deepspeed_config(ds_config, run_dir)
+        engine: Any = DeepSpeedEngine(model, optimizer, scheduler, ds_config)
+        batch_dtype = torch.bfloat16 if bf16 else None
+        autocast_dtype = None
+    else:
+        engine = TorchEngine(
+            model,
+            optimizer,
+            scheduler,
+            device,
+            optim.accumulation,
+            optim.grad_clip,
+            ddp=dist.is_distributed,
+            autocast_dtype=torch.bfloat16 if bf16 else None,
+        )
+        batch_dtype = None
+        autocast_dtype = torch.bfloat16 if bf16 else None
+
+    # 8. Logs (rank 0 only) and the loop; resume restores weights, optimiser, RNG, position.
+    log = RunLog(
+        run_dir,
+        enabled=dist.is_main,
+        tensorboard=settings.logging.tensorboard,
+        progress=settings.logging.progress and _stdout_is_tty(),
+        total_steps=total_steps,
+        start_step=int(resume_progress["global_step"]) if resume_progress else 0,
+    )
+    if dist.is_main:
+        atomic_write_json(run_dir / "run_info.json", run_provenance(include_gpus=True))
+    loop = TrainingLoop(
+        engine=engine,
+        config=LoopConfig(
+            total_steps=total_steps,
+            accumulation=optim.accumulation,
+            effective_batch=effective_batch,
+            steps_per_epoch=sampler.steps_per_epoch,
+            log_every=settings.logging.every_steps,
+            val_every=settings.validation.every_steps,
+            val_threshold=settings.validation.threshold,
+            val_micro_batch=settings.validation.micro_batch,
+            checkpoint_every=settings.checkpoint.every_steps,
+            keep_last=settings.checkpoint.keep_last,
+            save_final=settings.checkpoint.save_final,
+            device=device,
+            batch_dtype=batch_dtype,
+            autocast_dtype=autocast_dtype,
+            strategy=strategy,
+        ),
+        dist=dist,
+        run_dir=run_dir,
+        log=log,
+        trainable_meta=lambda step: _trainable_meta(settings, report, step),
+        val_dataset=val_set if val_set is not None and len(val_set) else None,
+        processor=processor,
+    )
+    import time
+
+    started = time.perf_counter()
+    try:
+        if resume_from is not None:
+            loop.restore(resume_from)
+            log.event(f"resumed from {resume_from} at step {loop.state.global_step}")
+        log.event(
+            f"start: strategy {strategy}, {dist.world_size} process(es), effective batch "
+            f"{effective_batch}, {total_steps} steps, precision {'bf16' if bf16 else 'fp32'}, "
+            f"trainable {report.trainable:,} of {report.total:,} parameters {report.groups}"
+        )
+        outcome = loop.run(iter(loader), started)
+    except TrainingError as exc:
+        log.event(f"error: {exc}")
+        raise
+    finally:
+        log.close()
+
+    result = TrainResult(
+        run_dir=str(run_dir),
+        status="interrupted" if outcome.stopped_by_signal else "completed",
+        steps=outcome.state.global_step,
+        total_steps=total_steps,
+        strategy=strategy,
+        world_size=dist.world_size,
+        effective_batch=effective_batch,
+        precision="bf16" if bf16 else "fp32",
+        resumed_from=str(resume_from) if resume_from else None,
+        last_checkpoint=str(outcome.last_checkpoint) if outcome.last_checkpoint else None,
+        best_step=outcome.state.best_step,
+        best_val_dice=outcome.state.best_val_dice,
+        last_val=outcome.last_val,
+        final_metrics=outcome.last_metrics,
+        trainable=report.as_dict(),
+        train_time_s=outcome.train_time_s,
+        launch_id=os.environ.get(LAUNCH_ID_ENV),
+    )
+    if dist.is_main:
+        atomic_write_json(run_dir / RESULT_NAME, result.to_json())
+    if dist.is_distributed:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return result
+
+
+def _build_model(settings: TrainSettings) -> tuple[Any, Any]:
+    """The model and processor from the configured source."""
+    if settings.model.kind == "preset":  # TEMPORARY until model/load.py's load_model lands
+        from vesselctl.model.presets import build_preset
+
+        return build_preset(settings.model.preset)
+    from vesselctl.model.load import load_model
+
+    return load_model(settings.model)
+
+
+def _new_token_ids(tokenizer: Any, tokens: tuple[str, ...]) -> list[int]:
+    """Ids of Sa2VA's added tokens that the tokenizer holds."""
+    vocab = tokenizer.get_vocab()
+    return [vocab[t] for t in tokens if t in vocab]
+
+
+def _trainable_meta(settings: TrainSettings, report: Any, step: int) -> dict[str, Any]:
+    """trainable.json: enough to rebuild the model these weights belong to (see checkpoint.py)."""
+    return {
+        "format": ckpt.TRAINABLE_FORMAT,
+        "step": step,
+        "name_prefix": "base_model.model."
+        if report.lora_target_pattern or report.modules_to_save or report.trainable_token_indices
+        else "",
+        "lora": {
+            "enabled": settings.lora.enabled,
+            "r": settings.lora.r,
+            "alpha": settings.lora.alpha,
+            "dropout": settings.lora.dropout,
+            "rslora": settings.lora.rslora,
+            "targets": settings.lora.targets,
+            "target_pattern": report.lora_target_pattern,
+        },
+        "modules_to_save": report.modules_to_save,
+        "trainable_token_indices": report.trainable_token_indices,
+        "trainable_groups": settings.trainable.model_dump(mode="json"),
+        "model_source": settings.model.model_dump(mode="json"),
+        "parameter_counts": report.groups,
+    }
+
+
+def _stdout_is_tty() -> bool:
+    import sys
+
+    return sys.stdout.isatty()
+
+
+def _relaunch(settings: TrainSettings, run_dir: Path) -> TrainResult:
+    """Run this node's processes under torchrun and return the result rank 0 wrote."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    settings_file = write_resolved_settings(settings, run_dir, name=LAUNCH_SETTINGS_NAME)
+    launch_id = uuid.uuid4().hex
+    os.environ[LAUNCH_ID_ENV] = launch_id
+    try:
+        code = relaunch(settings.distributed, settings_file)
+    finally:
+        os.environ.pop(LAUNCH_ID_ENV, None)
+    result_path = run_dir / RESULT_NAME
+    data = None
+    if result_path.is_file():
+        import json
+
+        data = json.loads(result_path.read_text(encoding="utf-8"))
+        if data.get("launch_id") != launch_id:
+            data = None  # an older run's result
+    if settings.distributed.node_rank != 0 and code == 0:
+        # Only node 0's rank 0 writes result.json; other nodes report their own success.
+        return TrainResult(
+            run_dir=str(run_dir), status="completed", steps=0, total_steps=0,
+            strategy=settings.distributed.strategy, world_size=settings.distributed.world_size,
+            effective_batch=settings.effective_batch, precision=settings.precision,
+            resumed_from=None, last_checkpoint=None, best_step=None, best_val_dice=None,
+            launch_id=launch_id,
+        )  # fmt: skip
+    if data is None:
+        raise TrainingError(
+            f"the {settings.distributed.world_size} training processes failed (torchrun exit "
+            f"code {code}); the first worker's error is printed above and in {run_dir}/train.log"
+        )
+    return TrainResult(**data)

@@ -1,0 +1,209 @@
+"""One small adapter over the three ways a step can run: one process, torch DDP, DeepSpeed ZeRO.
+
+Why an adapter and not three loops: the loop (data, logging, validation, checkpoints, failure
+handling) is the same for every strategy; only "forward+backward one micro-batch", "finish an
+optimiser step", and "save/load optimiser state" differ. Keeping those three in one place means a
+fix to the loop reaches every strategy. DeepSpeed accumulates gradients and steps its optimiser
+and scheduler itself (``engine.step()`` after every micro-batch); torch needs ``no_sync`` on all
+but the last micro-batch, clipping and explicit steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vesselctl.model.batch import Sa2VABatch, Sa2VAOutput
+
+LossCheck = Callable[[Sa2VAOutput], None]
+
+TORCH_STATE_NAME = "training_state.pt"
+DEEPSPEED_TAG = "deepspeed"
+
+
+def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def adamw_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices only: decaying biases and norm scales pulls them to 0 for no
+    regularising benefit (the usual transformer practice)."""
+    decay, no_decay = [], []
+    for _, param in trainable_parameters(model):
+        (decay if param.ndim >= 2 else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up from 1/warmup to 1, then cosine down to ``min_ratio``."""
+
+    def factor(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        span = max(1, total_steps - warmup_steps)
+        progress = min(1.0, (step - warmup_steps) / span)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class TorchEngine:
+    """One process or torch DDP; fp32 weights for what trains, bf16 autocast on CUDA if asked."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        device: torch.device,
+        accumulation: int,
+        grad_clip: float,
+        ddp: bool,
+        autocast_dtype: torch.dtype | None,
+    ) -> None:
+        self.module = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.device = device
+        self.accumulation = accumulation
+        self.grad_clip = grad_clip
+        self.autocast_dtype = autocast_dtype
+        self.ddp = ddp
+        if ddp:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # find_unused_parameters: SAM2's IoU and object-score heads get no gradient from the
+            # mask losses (the IoU only picks the mask), so not every trainable parameter is used.
+            self.wrapped: nn.Module = DistributedDataParallel(
+                model,
+                device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
+        else:
+            self.wrapped = model
+        self._params = [p for _, p in trainable_parameters(model)]
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def micro_step(self, batch: Sa2VABatch, last_micro: bool, check: LossCheck) -> Sa2VAOutput:
+        """Forward and backward one micro-batch; ``check`` may raise before backward runs."""
+        sync = (
+            self.wrapped.no_sync()  # type: ignore[operator]
+            if self.ddp and not last_micro
+            else contextlib.nullcontext()
+        )
+        with sync:
+            with self._autocast():
+                output = self.wrapped(batch)
+            check(output)
+            (output.loss / self.accumulation).backward()
+        return output
+
+    def optimizer_step(self) -> float:
+        """Clip, step the optimiser and scheduler, zero gradients; return the pre-clip norm."""
+        max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self._params, max_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def save_state(self, folder: Path, is_main: bool) -> None:
+        """Optimiser and scheduler state (replicas are identical, so rank 0 writes)."""
+        if is_main:
+            state = {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+            }
+            torch.save(state, Path(folder) / TORCH_STATE_NAME)
+
+    def load_state(self, folder: Path) -> None:
+        # weights_only: our own file, but never unpickle arbitrary objects.
+        state = torch.load(Path(folder) / TORCH_STATE_NAME, map_location="cpu", weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+class DeepSpeedEngine:
+    """DeepSpeed ZeRO-2/3: it owns accumulation, clipping, bf16 master weights and stepping."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        config: dict,
+    ) -> None:
+        import deepspeed
+
+        engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config
+        )
+        self.engine = engine
+        self.module = engine.module
+        self.device = engine.device
+        self.zero_stage = int(config["zero_optimization"]["stage"])
+        self.bf16 = bool(config["bf16"]["enabled"])
+
+    def micro_step(self, batch: Sa2VABatch, last_micro: bool, check: LossCheck) -> Sa2VAOutput:
+        output = self.engine(batch)
+        check(output)
+        self.engine.backward(output.loss)
+        self.engine.step()  # steps optimiser + scheduler only at the accumulation boundary
+        return output
+
+    def optimizer_step(self) -> float:
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    @property
+    def lr(self) -> float:
+        return float(self.engine.get_lr()[0])
+
+    def save_state(self, folder: Path, is_main: bool) -> None:
+        """DeepSpeed's own checkpoint (every rank writes its optimiser partition). Frozen weights
+        are left out: they come from the model source again on resume."""
+        self.engine.save_checkpoint(
+            str(folder), tag=DEEPSPEED_TAG, save_latest=False, exclude_frozen_parameters=True
+        )
+
+    def load_state(self, folder: Path) -> None:
+        # DeepSpeed reads its own files with torch.load; they are the ones this run wrote.
+        path, _ = self.engine.load_checkpoint(
+            str(folder),
+            tag=DEEPSPEED_TAG,
+            load_module_strict=False,
+            load_optimizer_states=True,
+            load_lr_scheduler_states=True,
+        )
+        if path is None:
+            from vesselctl.errors import CheckpointError
+
+            raise CheckpointError(
+                f"{folder}: DeepSpeed found no checkpoint under tag '{DEEPSPEED_TAG}'; "
+                "resume from another checkpoint or start a new run folder"
+            )
+
+    def gathered(self, params: list[nn.Parameter]) -> contextlib.AbstractContextManager:
+        """Full values of ZeRO-3-partitioned parameters inside the block (no-op for ZeRO-2)."""
+        if self.zero_stage != 3:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)

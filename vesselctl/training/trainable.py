@@ -1,0 +1,221 @@
+"""What trains: peft LoRA on the LLM plus named groups, everything else frozen.
+
+Follows the official Sa2VA fine-tune recipe by default: LoRA on every Linear of the language model
+except lm_head, the input embeddings and lm_head trained as full copies (peft ``modules_to_save``,
+needed because [SEG] and friends are new tokens), the vision-to-LLM projector, SAM2's mask decoder
+and ``text_hidden_fcs`` trained; the vision encoder, SAM2's image encoder and prompt encoder
+frozen. peft wraps the whole Sa2VAModel, so trainable parameter names are
+``base_model.model.<Sa2VAModel name>`` (e.g.
+``base_model.model.mllm.model.language_model.layers.0.self_attn.q_proj.lora_A.default.weight``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from vesselctl.errors import ConfigError, ModelError
+from vesselctl.settings.train import LoraSettings, TrainableSettings
+
+# Tokens Sa2VA adds to the tokenizer; their embedding rows are what 'new_tokens' trains.
+SA2VA_NEW_TOKENS = ("[SEG]", "<p>", "</p>", "<vp>", "</vp>")
+
+
+@dataclass
+class ModuleNames:
+    """Qualified names (inside Sa2VAModel) of the parts the trainable groups refer to."""
+
+    language_model: str
+    embeddings: str
+    lm_head: str
+    projector: str | None
+    mask_decoder: str
+    text_hidden_fcs: str
+
+
+@dataclass
+class TrainableReport:
+    """Trainable parameter counts per group, the LoRA target pattern, and totals."""
+
+    groups: dict[str, int] = field(default_factory=dict)
+    trainable: int = 0
+    total: int = 0
+    lora_target_pattern: str | None = None
+    modules_to_save: list[str] = field(default_factory=list)
+    trainable_token_indices: dict[str, list[int]] | None = None
+
+    def as_dict(self) -> dict:
+        return {
+            "groups": dict(self.groups),
+            "trainable": self.trainable,
+            "total": self.total,
+            "lora_target_pattern": self.lora_target_pattern,
+            "modules_to_save": list(self.modules_to_save),
+            "trainable_token_indices": self.trainable_token_indices,
+        }
+
+
+def _name_of(root: nn.Module, target: nn.Module, what: str) -> str:
+    for name, module in root.named_modules():
+        if module is target:
+            return name
+    raise ModelError(f"cannot find the {what} inside the model; is it a Sa2VAModel?")
+
+
+def find_module_names(model: nn.Module) -> ModuleNames:
+    """Locate the language model, embeddings, lm_head, projector, mask decoder of a Sa2VAModel."""
+    for part in ("mllm", "sam2", "text_hidden_fcs"):
+        if not hasattr(model, part):
+            raise ModelError(
+                f"model of type {type(model).__name__} has no '{part}' submodule; "
+                "training expects a vesselctl Sa2VAModel"
+            )
+    mllm = model.mllm
+    inner = getattr(mllm, "model", None)
+    language_model = getattr(inner, "language_model", None)
+    if language_model is None:
+        language_model = mllm.get_decoder()
+    projector = None
+    for candidate in ("multi_modal_projector", "mlp1"):  # InternVL native / remote-code names
+        if inner is not None and hasattr(inner, candidate):
+            projector = getattr(inner, candidate)
+            break
+    if (
+        projector is None
+        and inner is not None
+        and hasattr(getattr(inner, "visual", None), "merger")
+    ):
+        projector = inner.visual.merger  # Qwen2.5-VL's patch merger projects vision -> LLM
+    return ModuleNames(
+        language_model=_name_of(model, language_model, "language model"),
+        embeddings=_name_of(model, mllm.get_input_embeddings(), "input embeddings"),
+        lm_head=_name_of(model, mllm.get_output_embeddings(), "lm_head"),
+        projector=_name_of(model, projector, "projector") if projector is not None else None,
+        mask_decoder=_name_of(model, model.sam2.mask_decoder, "SAM2 mask decoder"),
+        text_hidden_fcs="text_hidden_fcs",
+    )
+
+
+def lora_target_pattern(model: nn.Module, names: ModuleNames, lora: LoraSettings) -> str:
+    """A regex (peft full-matches it against module names) selecting the LLM's LoRA targets."""
+    language_model = model.get_submodule(names.language_model)
+    leaf_names = sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, module in language_model.named_modules()
+            if isinstance(module, nn.Linear) and name
+        }
+        - {"lm_head"}
+    )
+    if lora.targets == "all-linear":
+        chosen = leaf_names
+    else:
+        unknown = [t for t in lora.targets if t not in leaf_names]
+        if unknown:
+            raise ConfigError(
+                f"lora.targets: {', '.join(unknown)} not found among the LLM's Linear layers; "
+                f"available: {', '.join(leaf_names)}"
+            )
+        chosen = list(lora.targets)
+    if not chosen:
+        raise ModelError("the language model has no Linear layers for LoRA")
+    return rf"{re.escape(names.language_model)}\..*\.({'|'.join(map(re.escape, chosen))})"
+
+
+def apply_trainable(
+    model: nn.Module,
+    lora: LoraSettings,
+    groups: TrainableSettings,
+    new_token_ids: list[int] | None = None,
+) -> tuple[nn.Module, TrainableReport]:
+    """Freeze ``model``, add LoRA and unfreeze the chosen groups; return the model to train.
+
+    With LoRA (or trained embedding copies) the result is a ``peft.PeftModel`` wrapping ``model``;
+    without either it is ``model`` itself.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    names = find_module_names(model)
+    model.requires_grad_(False)
+    report = TrainableReport()
+
+    use_peft = lora.enabled or groups.embeddings != "frozen"
+    if use_peft:
+        if groups.embeddings == "new_tokens" and not new_token_ids:
+            raise ConfigError(
+                "trainable.embeddings is 'new_tokens' but the tokenizer has none of "
+                f"{', '.join(SA2VA_NEW_TOKENS)}; use 'full_copy' or 'frozen'"
+            )
+        pattern = lora_target_pattern(model, names, lora) if lora.enabled else None
+        modules_to_save = (
+            [names.embeddings, names.lm_head] if groups.embeddings == "full_copy" else None
+        )
+        token_indices = (
+            {names.embeddings: list(new_token_ids or []), names.lm_head: list(new_token_ids or [])}
+            if groups.embeddings == "new_tokens"
+            else None
+        )
+        config = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            use_rslora=lora.rslora,
+            bias="none",
+            # Without LoRA, peft still needs a target; an impossible pattern selects nothing.
+            target_modules=pattern if pattern else r"^$NO_LORA_TARGET",
+            modules_to_save=modules_to_save,
+            trainable_token_indices=token_indices,
+        )
+        trained = get_peft_model(model, config)
+        report.lora_target_pattern = pattern
+        report.modules_to_save = list(modules_to_save or [])
+        report.trainable_token_indices = token_indices
+        base = trained.get_base_model()
+    else:
+        trained = model
+        base = model
+
+    unfreeze = {
+        "projector": names.projector if groups.projector else None,
+        "mask_decoder": names.mask_decoder if groups.mask_decoder else None,
+        "text_hidden_fcs": names.text_hidden_fcs if groups.text_hidden_fcs else None,
+    }
+    if groups.projector and names.projector is None:
+        raise ModelError("trainable.projector is true but the MLLM has no known projector module")
+    for module_name in unfreeze.values():
+        if module_name is not None:
+            base.get_submodule(module_name).requires_grad_(True)
+
+    report.groups = count_trainable_by_group(trained, names)
+    report.trainable = sum(p.numel() for p in trained.parameters() if p.requires_grad)
+    report.total = sum(p.numel() for p in trained.parameters())
+    return trained, report
+
+
+def count_trainable_by_group(model: nn.Module, names: ModuleNames) -> dict[str, int]:
+    """Trainable parameter counts: lora, embeddings, lm_head, projector, mask_decoder,
+    text_hidden_fcs, other (anything else that trains: should be 0)."""
+    prefixes = {
+        "embeddings": names.embeddings,
+        "lm_head": names.lm_head,
+        "projector": names.projector,
+        "mask_decoder": names.mask_decoder,
+        "text_hidden_fcs": names.text_hidden_fcs,
+    }
+    counts = dict.fromkeys(["lora", *prefixes, "other"], 0)
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        plain = name.removeprefix("base_model.model.")
+        if ".lora_" in plain:
+            counts["lora"] += param.numel()
+            continue
+        for group, prefix in prefixes.items():
+            if prefix and (plain == prefix or plain.startswith(prefix + ".")):
+                counts[group] += param.numel()
+                break
+        else:
+            counts["other"] += param.numel()
+    return counts
