@@ -56,6 +56,21 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Call
     return factor
 
 
+class _LossOnly(nn.Module):
+    """Shows DDP only the loss. DDP with find_unused_parameters walks the autograd graph from
+    every output tensor it finds; the IoU scores are outputs that no loss uses, so their head
+    would be expected to get gradients that never come. The full output is kept aside."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self.last_output: Sa2VAOutput | None = None
+
+    def forward(self, batch: Sa2VABatch) -> torch.Tensor:
+        self.last_output = self.module(batch)
+        return self.last_output.loss
+
+
 class TorchEngine:
     """One process or torch DDP; fp32 weights for what trains, bf16 autocast on CUDA if asked."""
 
@@ -84,7 +99,7 @@ class TorchEngine:
             # find_unused_parameters: SAM2's IoU and object-score heads get no gradient from the
             # mask losses (the IoU only picks the mask), so not every trainable parameter is used.
             self.wrapped: nn.Module = DistributedDataParallel(
-                model,
+                _LossOnly(model),
                 device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=True,
             )
@@ -107,6 +122,8 @@ class TorchEngine:
         with sync:
             with self._autocast():
                 output = self.wrapped(batch)
+            if self.ddp:
+                output = self.wrapped.module.last_output
             check(output)
             (output.loss / self.accumulation).backward()
         return output
