@@ -863,11 +863,15 @@ def expected_shapes(config: Sa2VAConfig) -> dict[str, tuple[int, ...]]:
 # ----------------------------------------------------------------------------------------------
 def load_tokenizer(directory: Path) -> Any:
     """A local tokenizer, offline, never with remote code; Sa2VA's tokens must be in it."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, PretrainedConfig
 
     try:
+        # A generic config keeps AutoTokenizer from parsing the folder's remote-code config.json.
         tokenizer = AutoTokenizer.from_pretrained(
-            str(directory), local_files_only=True, trust_remote_code=False
+            str(directory),
+            config=PretrainedConfig(),
+            local_files_only=True,
+            trust_remote_code=False,
         )
     except Exception as exc:  # transformers raises OSError/ValueError/... for missing files
         raise CheckpointError(
@@ -904,6 +908,7 @@ class NativeSource:
     reports: list[KeyReport]
     kind: str
     files: list[Path]
+    processor: Any = None  # the saved processor of a vesselctl model folder (keeps its options)
 
     def tensor(self, native_key: str) -> torch.Tensor:
         return materialize(native_key, self.pieces[native_key], self.expected[native_key])
@@ -1112,7 +1117,9 @@ def read_vesselctl_model(directory: Path) -> NativeSource:
     config = Sa2VAConfig.from_pretrained(str(directory))
     processor = Sa2VAProcessor.from_pretrained(directory)
     store = store_from_directory(directory, str(directory))
-    return _finish(config, processor.tokenizer, [(store, "vesselctl")], "vesselctl_model")
+    source = _finish(config, processor.tokenizer, [(store, "vesselctl")], "vesselctl_model")
+    source.processor = processor
+    return source
 
 
 def read_model_source(path: Path) -> NativeSource:

@@ -185,6 +185,8 @@ def _check_out(out: Path, overwrite: bool, source: Path) -> None:
 def _processor(base: Any) -> Any:
     from vesselctl.model.processor import Sa2VAProcessor
 
+    if base.processor is not None:
+        return base.processor
     return Sa2VAProcessor(base.tokenizer, base.config)
 
 
@@ -328,8 +330,7 @@ def verify(
     reference.eval()
     if weights.delta is not None and weights.delta.lora:
         _inject_lora(reference, weights)
-    processor = Sa2VAProcessor(weights.base.tokenizer, config)
-    batch = _sample_batch(processor, settings)
+    batch = _sample_batch(_processor(weights.base), settings)
     expected = _mask_logits(reference, batch)
     del reference
 
