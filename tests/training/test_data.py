@@ -45,7 +45,7 @@ def test_world_size_change_keeps_the_global_batch_contents() -> None:
 
 
 def test_too_small_split_is_a_clear_error() -> None:
-    with pytest.raises(DatasetError, match="lower optim.micro_batch"):
+    with pytest.raises(DatasetError, match=r"lower optim\.micro_batch"):
         StepBatchSampler(3, 2, 1, 0, 2, seed=0)
 
 
@@ -64,5 +64,5 @@ def test_dataset_reads_samples_and_augments_by_key(tmp_path) -> None:
 def test_missing_image_names_the_file(tmp_path) -> None:
     root = make_prepared_dataset(tmp_path, n_train=2, n_val=1, size=16)
     (root / "images" / "img_000.png").unlink()
-    with pytest.raises(DatasetError, match="img_000.png"):
+    with pytest.raises(DatasetError, match=r"img_000\.png"):
         SegDataset(root, "train", None, seed=0)[(0, 0)]
