@@ -781,11 +781,15 @@ def internvl_config_from_remote(
 
 def qwen_config_from_dict(data: dict[str, Any], source: str, vocab_size: int) -> Any:
     """Native ``Qwen2_5_VLConfig`` from a Qwen2.5-VL / Sa2VA-Qwen config.json dict."""
-    from transformers import Qwen2_5_VLConfig
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLTextConfig
 
     clean = {k: v for k, v in data.items() if k not in _REMOTE_ONLY_KEYS and k != "template"}
     clean.pop("auto_map", None)
     text = dict(clean.get("text_config") or {})
+    # transformers < 4.52 wrote the text settings at the top level of the config
+    for key in Qwen2_5_VLTextConfig().to_dict():
+        if key not in text and key in data and key not in _REMOTE_ONLY_KEYS:
+            text[key] = data[key]
     text.pop("model_type", None)
     text.update(vocab_size=vocab_size, tie_word_embeddings=False)
     clean["text_config"] = text
