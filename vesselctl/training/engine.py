@@ -169,17 +169,21 @@ class DeepSpeedEngine:
     ) -> None:
         import deepspeed
 
+        # The loss-only wrapper again: ZeRO-3 hooks find tensors in a module's outputs, not in
+        # dataclasses; checkpoints and exports use the inner model's names (self.module).
+        self._wrapper = _LossOnly(model)
         engine, _, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config
+            model=self._wrapper, optimizer=optimizer, lr_scheduler=scheduler, config=config
         )
         self.engine = engine
-        self.module = engine.module
+        self.module = self._wrapper.module
         self.device = engine.device
         self.zero_stage = int(config["zero_optimization"]["stage"])
         self.bf16 = bool(config["bf16"]["enabled"])
 
     def micro_step(self, batch: Sa2VABatch, last_micro: bool, check: LossCheck) -> Sa2VAOutput:
-        output = self.engine(batch)
+        self.engine(batch)
+        output = self._wrapper.last_output
         check(output)
         self.engine.backward(output.loss)
         self.engine.step()  # steps optimiser + scheduler only at the accumulation boundary
