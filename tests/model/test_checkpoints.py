@@ -15,6 +15,7 @@ from tests.model.official_fixtures import (
     make_training_delta,
     tiny_model,
     to_official,
+    write_deepspeed_zero2,
     write_deepspeed_zero3,
     write_iter_checkpoint,
     write_official_hf_export,
@@ -74,7 +75,9 @@ def test_hf_export_reads_back_exactly(family_setup):
     _assert_weights_equal(weights, model.state_dict(), atol=0)
 
 
-@pytest.mark.parametrize("container", ["file", "file_old_layout", "deepspeed_zero3"])
+@pytest.mark.parametrize(
+    "container", ["file", "file_old_layout", "deepspeed_zero3", "deepspeed_zero2"]
+)
 def test_training_checkpoint_merges_to_explicit_math(family_setup, container):
     family, model, _, root = family_setup
     trained, reference = make_training_delta(
@@ -83,6 +86,8 @@ def test_training_checkpoint_merges_to_explicit_math(family_setup, container):
     path = root / f"iter_{container}.pth"
     if container == "deepspeed_zero3":
         write_deepspeed_zero3(path, trained, world_size=3, r=R, alpha=ALPHA)
+    elif container == "deepspeed_zero2":  # stores bf16 weights: compared with bf16 tolerance
+        write_deepspeed_zero2(path, trained, r=R, alpha=ALPHA)
     else:
         write_iter_checkpoint(path, trained, R, ALPHA)
     checkpoint = ckpt.read_trained_checkpoint(path)
@@ -91,7 +96,8 @@ def test_training_checkpoint_merges_to_explicit_math(family_setup, container):
     base = ckpt.read_model_source(root / "hf")
     weights = ckpt.merged_weights(base, checkpoint)
     assert len(weights.delta.lora) == 14  # 7 Linear layers x 2 LLM layers
-    _assert_weights_equal(weights, reference)
+    atol = 2e-2 if container == "deepspeed_zero2" else 1e-5
+    _assert_weights_equal(weights, reference, atol=atol)
 
 
 def test_vesselctl_training_step_merges(internvl_setup, tmp_path):
