@@ -13,8 +13,8 @@ import torch
 from tests.training.synthetic import make_prepared_dataset
 from vesselctl.settings.train import TrainSettings
 from vesselctl.training import checkpoint as ckpt
-from vesselctl.training.data import SegDataset, SeededCollate
-from vesselctl.training.launch import DistEnv, export_dist_env
+from vesselctl.training.data import SeededCollate, SegDataset
+from vesselctl.training.launch import DistEnv
 from vesselctl.training.logs import RunLog
 from vesselctl.training.loop import LoopConfig, TrainingLoop
 
@@ -42,9 +42,11 @@ def _engine(settings: TrainSettings, total: int):
     return DeepSpeedEngine(model, optimizer, scheduler, config), processor
 
 
-def test_zero3_steps_checkpoint_and_exact_restore(tmp_path) -> None:
+def test_zero3_steps_checkpoint_and_exact_restore(tmp_path, monkeypatch) -> None:
     data = make_prepared_dataset(tmp_path / "data", n_train=4, n_val=1, size=32)
-    export_dist_env(DistEnv(master_port=_free_port()))
+    launcher = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+    for name, value in {**launcher, "MASTER_PORT": str(_free_port())}.items():
+        monkeypatch.setenv(name, value)  # undone after the test, so later tests see no launcher
     torch.distributed.init_process_group("gloo")
     try:
         settings = TrainSettings(optim={"micro_batch": 2}, lora={"r": 4, "alpha": 8})
