@@ -175,9 +175,13 @@ class Sa2VAModel(PreTrainedModel):
     def _mllm_takes_mm_token_types(self) -> bool:
         """transformers >= 5.2x builds Qwen2.5-VL's 3D (mrope) positions only when given
         ``mm_token_type_ids``; without them it silently falls back to 1D positions."""
-        import inspect
+        cached = self.__dict__.get("_takes_mm_token_types")
+        if cached is None:
+            import inspect
 
-        return "mm_token_type_ids" in inspect.signature(self.mllm.model.forward).parameters
+            cached = "mm_token_type_ids" in inspect.signature(self.mllm.model.forward).parameters
+            self.__dict__["_takes_mm_token_types"] = cached
+        return cached
 
     def _mm_token_type_ids(self, batch: Sa2VABatch) -> torch.Tensor:
         """The batch's token types (1 = image token), or built from the image token id."""
