@@ -92,6 +92,12 @@ def test_vesselctl_kind_on_a_folder_without_config_names_the_fix(tmp_path):
         load_model(ModelSourceSettings(kind="vesselctl", model_dir=tmp_path))
 
 
+def test_vesselctl_kind_on_an_official_export_points_to_official_hf(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "sa2va_chat"}')
+    with pytest.raises(CheckpointError, match=r"'sa2va_chat'.*use model\.kind=official_hf"):
+        load_model(ModelSourceSettings(kind="vesselctl", model_dir=tmp_path))
+
+
 def test_real_size_preset_without_tokenizer_is_refused():
     with pytest.raises(ModelError, match="tokenizer_dir"):
         load_model(ModelSourceSettings(kind="preset", preset="sa2va-1b"))
