@@ -137,6 +137,16 @@ def test_vesselctl_training_step_merges(internvl_setup, tmp_path):
     base = ckpt.resolve_base(checkpoint, None, None, None)  # from trainable.json's model_source
     _assert_weights_equal(ckpt.merged_weights(base, checkpoint), reference, atol=1e-4)
 
+    # Without the export, the same weights are gathered from the step's ZeRO-3 shards.
+    (step / "trainable.safetensors").unlink()
+    write_deepspeed_zero3(
+        step / "deepspeed" / "global_step12", native_trained, world_size=2, r=R, alpha=ALPHA
+    )
+    (step / "deepspeed" / "latest").write_text("global_step12")
+    gathered = ckpt.read_trained_checkpoint(step)
+    assert gathered.kind == "vesselctl_train" and gathered.info["zero_stage"] == 3
+    _assert_weights_equal(ckpt.merged_weights(base, gathered), reference, atol=1e-4)
+
 
 def test_base_checkpoints_native_mllm_and_original_sam2(tmp_path):
     from transformers import InternVLForConditionalGeneration

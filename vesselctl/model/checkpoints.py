@@ -574,6 +574,10 @@ def read_trained_checkpoint(
     elif fmt == "deepspeed":
         tensors, meta, files, info = _read_deepspeed(path, trust)
         kind = "deepspeed"
+        if (path / TRAINABLE_META).is_file():
+            # a vesselctl step whose trainable.safetensors is missing: its DeepSpeed (ZeRO)
+            # state, gathered on CPU, holds the same peft-named trainable weights
+            return _read_vesselctl_train(path, lora_alpha, rslora, (tensors, files, info))
     else:
         raise CheckpointError(
             f"{path}: is a '{fmt}' checkpoint, not a training checkpoint (iter_N.pth, a DeepSpeed "
@@ -592,16 +596,27 @@ def read_trained_checkpoint(
 
 
 def _read_vesselctl_train(
-    path: Path, lora_alpha: float | None, rslora: bool | None
+    path: Path,
+    lora_alpha: float | None,
+    rslora: bool | None,
+    gathered: tuple[dict[str, torch.Tensor], list[Path], dict[str, Any]] | None = None,
 ) -> TrainedCheckpoint:
+    """A vesselctl ``checkpoints/step_N``: ``trainable.safetensors`` or, when that export is
+    missing, the weights gathered from its DeepSpeed folder (``gathered``)."""
     from safetensors.torch import load_file
 
     meta = read_json(path / TRAINABLE_META)
     weights = path / TRAINABLE_WEIGHTS
-    try:
-        tensors = load_file(str(weights))
-    except Exception as exc:
-        raise CheckpointError(f"{weights}: cannot read it; truncated or corrupt ({exc})") from exc
+    if gathered is not None:
+        tensors, weight_files, ds_info = gathered
+    else:
+        try:
+            tensors = load_file(str(weights))
+        except Exception as exc:
+            raise CheckpointError(
+                f"{weights}: cannot read it; truncated or corrupt ({exc})"
+            ) from exc
+        weight_files, ds_info = [weights], {}
     lora = meta.get("lora") or {}
     spec = None
     rank = lora_rank(tensors)
@@ -616,7 +631,7 @@ def _read_vesselctl_train(
                 f"{TRAINABLE_WEIGHTS} have rank {rank}"
             )
         spec = LoraSpec(rank, float(alpha), use_rs)
-    files = [weights, path / TRAINABLE_META]
+    files = [*weight_files, path / TRAINABLE_META]
     return TrainedCheckpoint(
         path,
         "vesselctl_train",
@@ -626,7 +641,7 @@ def _read_vesselctl_train(
         None,
         "vesselctl",
         spec,
-        info={"step": meta.get("step"), "model_source": meta.get("model_source")},
+        info={"step": meta.get("step"), "model_source": meta.get("model_source"), **ds_info},
     )
 
 
