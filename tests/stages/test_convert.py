@@ -158,3 +158,21 @@ def test_hf_export_without_verification(official, tmp_path):
     assert "Not run" in (out / "README.md").read_text()
     index = json.loads((out / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"].values()) == {p.name for p in out.glob("model-*.safetensors")}
+
+
+def test_qwen_family_deepspeed_checkpoint(tmp_path):
+    from vesselctl.model.sa2va import Sa2VAModel
+
+    model, processor = tiny_model("qwen2_5_vl")
+    write_official_hf_export(model, processor, tmp_path / "hf", "qwen2_5_vl")
+    trained, reference = make_training_delta(model, "qwen2_5_vl", r=R, alpha=ALPHA)
+    write_deepspeed_zero3(tmp_path / "iter_5.pth", trained, world_size=2, r=R, alpha=ALPHA)
+    out = tmp_path / "qwen-model"
+    result = convert.run(
+        _settings(source=tmp_path / "iter_5.pth", base=tmp_path / "hf", out=out, dtype="fp32")
+    )
+    assert result.family == "qwen2_5_vl" and result.template == "qwen2_5_vl"
+    assert result.verify.passed and result.verify.max_abs_logit_diff < 1e-4
+    state = Sa2VAModel.from_pretrained(str(out), dtype=torch.float32).state_dict()
+    for key, expected in reference.items():
+        torch.testing.assert_close(state[key], expected, atol=1e-5, rtol=0)
