@@ -290,3 +290,25 @@ def write_deepspeed_zero3(
             },
             directory / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt",
         )
+
+
+def write_deepspeed_zero2(
+    directory: Path,
+    trained: dict[str, torch.Tensor],
+    step: int = 3672,
+    r: int = 4,
+    alpha: float = 8.0,
+) -> None:
+    """A DeepSpeed ZeRO-1/2 checkpoint folder: full (bf16) weights in the model-state file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "module": OrderedDict((n, t.to(torch.bfloat16)) for n, t in trained.items()),
+            "buffer_names": [],
+            "param_shapes": [OrderedDict((n, t.shape) for n, t in trained.items())],
+            "global_steps": step,
+            "ds_version": "0.16.4",
+            "meta": {"cfg": MMENGINE_CFG.format(r=r, alpha=alpha), "iter": step},
+        },
+        directory / "mp_rank_00_model_states.pt",
+    )

@@ -227,6 +227,17 @@ def test_masks_survive_the_trip_through_the_logit_frame(mode):
     assert back.shape == (1, height, width) and iou > 0.85
 
 
+def test_square_frame_is_the_official_two_step_upsampling():
+    import torch.nn.functional as F
+
+    logits = torch.randn(2, 16, 16, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    frame = sam2_frame(30, 50, 64, "square")
+    x = F.interpolate(logits.float()[:, None], size=(64, 64), mode="bilinear", align_corners=False)
+    x = F.interpolate(x, size=(30, 50), mode="bilinear", align_corners=False)[:, 0]
+    out = sam2_logits_to_image(logits, frame, (30, 50))
+    assert out.dtype == torch.float32 and torch.equal(out, x)
+
+
 def test_logits_to_image_handles_no_masks_and_checks_rank():
     frame = sam2_frame(10, 10, 64, "square")
     assert sam2_logits_to_image(torch.zeros((0, 16, 16)), frame, (10, 12)).shape == (0, 10, 12)

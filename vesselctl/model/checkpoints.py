@@ -574,6 +574,10 @@ def read_trained_checkpoint(
     elif fmt == "deepspeed":
         tensors, meta, files, info = _read_deepspeed(path, trust)
         kind = "deepspeed"
+        if (path / TRAINABLE_META).is_file():
+            # a vesselctl step whose trainable.safetensors is missing: its DeepSpeed (ZeRO)
+            # state, gathered on CPU, holds the same peft-named trainable weights
+            return _read_vesselctl_train(path, lora_alpha, rslora, (tensors, files, info))
     else:
         raise CheckpointError(
             f"{path}: is a '{fmt}' checkpoint, not a training checkpoint (iter_N.pth, a DeepSpeed "
@@ -592,16 +596,27 @@ def read_trained_checkpoint(
 
 
 def _read_vesselctl_train(
-    path: Path, lora_alpha: float | None, rslora: bool | None
+    path: Path,
+    lora_alpha: float | None,
+    rslora: bool | None,
+    gathered: tuple[dict[str, torch.Tensor], list[Path], dict[str, Any]] | None = None,
 ) -> TrainedCheckpoint:
+    """A vesselctl ``checkpoints/step_N``: ``trainable.safetensors`` or, when that export is
+    missing, the weights gathered from its DeepSpeed folder (``gathered``)."""
     from safetensors.torch import load_file
 
     meta = read_json(path / TRAINABLE_META)
     weights = path / TRAINABLE_WEIGHTS
-    try:
-        tensors = load_file(str(weights))
-    except Exception as exc:
-        raise CheckpointError(f"{weights}: cannot read it; truncated or corrupt ({exc})") from exc
+    if gathered is not None:
+        tensors, weight_files, ds_info = gathered
+    else:
+        try:
+            tensors = load_file(str(weights))
+        except Exception as exc:
+            raise CheckpointError(
+                f"{weights}: cannot read it; truncated or corrupt ({exc})"
+            ) from exc
+        weight_files, ds_info = [weights], {}
     lora = meta.get("lora") or {}
     spec = None
     rank = lora_rank(tensors)
@@ -616,7 +631,7 @@ def _read_vesselctl_train(
                 f"{TRAINABLE_WEIGHTS} have rank {rank}"
             )
         spec = LoraSpec(rank, float(alpha), use_rs)
-    files = [weights, path / TRAINABLE_META]
+    files = [*weight_files, path / TRAINABLE_META]
     return TrainedCheckpoint(
         path,
         "vesselctl_train",
@@ -626,7 +641,7 @@ def _read_vesselctl_train(
         None,
         "vesselctl",
         spec,
-        info={"step": meta.get("step"), "model_source": meta.get("model_source")},
+        info={"step": meta.get("step"), "model_source": meta.get("model_source"), **ds_info},
     )
 
 
@@ -781,11 +796,15 @@ def internvl_config_from_remote(
 
 def qwen_config_from_dict(data: dict[str, Any], source: str, vocab_size: int) -> Any:
     """Native ``Qwen2_5_VLConfig`` from a Qwen2.5-VL / Sa2VA-Qwen config.json dict."""
-    from transformers import Qwen2_5_VLConfig
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLTextConfig
 
     clean = {k: v for k, v in data.items() if k not in _REMOTE_ONLY_KEYS and k != "template"}
     clean.pop("auto_map", None)
     text = dict(clean.get("text_config") or {})
+    # transformers < 4.52 wrote the text settings at the top level of the config
+    for key in Qwen2_5_VLTextConfig().to_dict():
+        if key not in text and key in data and key not in _REMOTE_ONLY_KEYS:
+            text[key] = data[key]
     text.pop("model_type", None)
     text.update(vocab_size=vocab_size, tie_word_embeddings=False)
     clean["text_config"] = text
@@ -863,11 +882,15 @@ def expected_shapes(config: Sa2VAConfig) -> dict[str, tuple[int, ...]]:
 # ----------------------------------------------------------------------------------------------
 def load_tokenizer(directory: Path) -> Any:
     """A local tokenizer, offline, never with remote code; Sa2VA's tokens must be in it."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, PretrainedConfig
 
     try:
+        # A generic config keeps AutoTokenizer from parsing the folder's remote-code config.json.
         tokenizer = AutoTokenizer.from_pretrained(
-            str(directory), local_files_only=True, trust_remote_code=False
+            str(directory),
+            config=PretrainedConfig(),
+            local_files_only=True,
+            trust_remote_code=False,
         )
     except Exception as exc:  # transformers raises OSError/ValueError/... for missing files
         raise CheckpointError(
@@ -904,6 +927,7 @@ class NativeSource:
     reports: list[KeyReport]
     kind: str
     files: list[Path]
+    processor: Any = None  # the saved processor of a vesselctl model folder (keeps its options)
 
     def tensor(self, native_key: str) -> torch.Tensor:
         return materialize(native_key, self.pieces[native_key], self.expected[native_key])
@@ -1112,7 +1136,9 @@ def read_vesselctl_model(directory: Path) -> NativeSource:
     config = Sa2VAConfig.from_pretrained(str(directory))
     processor = Sa2VAProcessor.from_pretrained(directory)
     store = store_from_directory(directory, str(directory))
-    return _finish(config, processor.tokenizer, [(store, "vesselctl")], "vesselctl_model")
+    source = _finish(config, processor.tokenizer, [(store, "vesselctl")], "vesselctl_model")
+    source.processor = processor
+    return source
 
 
 def read_model_source(path: Path) -> NativeSource:

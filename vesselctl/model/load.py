@@ -135,6 +135,17 @@ def _tokenizer_from(directory: Path) -> Any:
         raise ModelError(f"{directory}: cannot load a tokenizer from this folder ({exc})") from exc
 
 
+def _config_model_type(path: Path) -> str | None:
+    """The ``model_type`` recorded in a config.json (None when absent)."""
+    import json
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: cannot read the model config ({exc})") from exc
+    return data.get("model_type") if isinstance(data, dict) else None
+
+
 def load_model(source: ModelSourceSettings) -> tuple[Sa2VAModel, Sa2VAProcessor]:
     """Build or load the model described by ``source``, with its processor."""
     from vesselctl.model.processor import Sa2VAProcessor
@@ -171,9 +182,17 @@ def load_model(source: ModelSourceSettings) -> tuple[Sa2VAModel, Sa2VAProcessor]
         from vesselctl.model.config import Sa2VAConfig
         from vesselctl.model.sa2va import Sa2VAModel
 
-        config = Sa2VAConfig.from_pretrained(directory)
-        if config.model_type != Sa2VAConfig.model_type:
-            raise CheckpointError(f"{directory / CONFIG_FILE}: not a vesselctl Sa2VA config")
+        found = _config_model_type(directory / CONFIG_FILE)
+        if found != Sa2VAConfig.model_type:
+            hint = (
+                "; it looks like an official Sa2VA HF export: use model.kind=official_hf"
+                if found and "sa2va" in found
+                else ""
+            )
+            raise CheckpointError(
+                f"{directory / CONFIG_FILE}: model_type is {found!r}, expected "
+                f"'{Sa2VAConfig.model_type}' (a folder written by vesselctl){hint}"
+            )
         _check_attention(attn)
         model = Sa2VAModel.from_pretrained(directory, dtype=dtype, attn_implementation=attn)
         processor = Sa2VAProcessor.from_pretrained(directory)

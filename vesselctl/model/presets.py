@@ -83,7 +83,7 @@ def sam2_hiera_large_config() -> Any:
 
 
 def sam2_tiny_config(image_size: int = 128) -> Any:
-    """A few-thousand-parameter Hiera trunk at ``image_size`` with the real 256-wide prompt path.
+    """A very small Hiera trunk at ``image_size`` with the real 256-wide prompt path.
 
     Stages [1,1,2,1] with the global block at index 3: a global block must not open a stage that
     pools queries (sa2va.md). Feature sizes, channel list and prompt-encoder size move together.

@@ -175,9 +175,13 @@ class Sa2VAModel(PreTrainedModel):
     def _mllm_takes_mm_token_types(self) -> bool:
         """transformers >= 5.2x builds Qwen2.5-VL's 3D (mrope) positions only when given
         ``mm_token_type_ids``; without them it silently falls back to 1D positions."""
-        import inspect
+        cached = self.__dict__.get("_takes_mm_token_types")
+        if cached is None:
+            import inspect
 
-        return "mm_token_type_ids" in inspect.signature(self.mllm.model.forward).parameters
+            cached = "mm_token_type_ids" in inspect.signature(self.mllm.model.forward).parameters
+            self.__dict__["_takes_mm_token_types"] = cached
+        return cached
 
     def _mm_token_type_ids(self, batch: Sa2VABatch) -> torch.Tensor:
         """The batch's token types (1 = image token), or built from the image token id."""
@@ -283,6 +287,7 @@ class Sa2VAModel(PreTrainedModel):
         run reduce the same gradients (ZeRO / DDP hang otherwise).
         """
         cfg = self.config
+        self.check_targets(batch)
         hidden_states = self.mllm_hidden_states(batch)
         gathered = gather_seg_hidden_states(
             hidden_states, batch.input_ids, batch.attention_mask, self.seg_token_id
@@ -308,7 +313,7 @@ class Sa2VAModel(PreTrainedModel):
         loss_mask = loss_dice = llm_loss = None
         wants_loss = batch.gt_masks is not None or batch.labels is not None
         if batch.gt_masks is not None and n_seg > 0:
-            targets = self._aligned_targets(batch.gt_masks, batch, gathered.counts, logits)
+            targets = self._aligned_targets(batch.gt_masks, logits)
             parts = mask_losses(
                 logits,
                 targets,
@@ -337,23 +342,18 @@ class Sa2VAModel(PreTrainedModel):
             iou_scores=iou_scores,
         )
 
-    @staticmethod
-    def _aligned_targets(
-        gt_masks: list[torch.Tensor], batch: Sa2VABatch, counts: list[int], logits: torch.Tensor
-    ) -> torch.Tensor:
-        """Stack the ground-truth masks in [SEG] order, after checking one mask per [SEG].
-
-        Masks of different samples may have different sizes; each is resized (nearest) to the
-        logits size first so they can be stacked.
-        """
-        if len(gt_masks) != len(counts):
+    def check_targets(self, batch: Sa2VABatch) -> None:
+        """One ground-truth mask per [SEG] of each sample; checked before any compute."""
+        if batch.gt_masks is None:
+            return
+        seg = (batch.input_ids == self.seg_token_id) & batch.attention_mask.bool()
+        counts = seg.sum(dim=1).tolist()
+        if len(batch.gt_masks) != len(counts):
             raise ModelError(
-                f"batch has {len(counts)} samples but gt_masks holds {len(gt_masks)} entries; "
-                "expected one [n_seg, H, W] tensor per sample"
+                f"batch has {len(counts)} samples but gt_masks holds {len(batch.gt_masks)} "
+                "entries; expected one [n_seg, H, W] tensor per sample"
             )
-        side = logits.shape[-1]
-        stacked = []
-        for i, (masks, count) in enumerate(zip(gt_masks, counts, strict=True)):
+        for i, (masks, count) in enumerate(zip(batch.gt_masks, counts, strict=True)):
             if masks.shape[0] != count:
                 sample = batch.sample_ids[i] if i < len(batch.sample_ids) else f"#{i}"
                 raise ModelError(
@@ -361,9 +361,18 @@ class Sa2VAModel(PreTrainedModel):
                     "ground-truth mask(s); each [SEG] needs exactly one mask (was the prompt "
                     "truncated?)"
                 )
-            if count:
-                resized = F.interpolate(masks[:, None].float(), size=(side, side), mode="nearest")[
-                    :, 0
-                ]
-                stacked.append(resized.to(logits.device))
-        return torch.cat(stacked, dim=0)
+
+    @staticmethod
+    def _aligned_targets(gt_masks: list[torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
+        """Stack the ground-truth masks in [SEG] order (checked by ``check_targets``).
+
+        Masks of different samples may have different sizes; each is resized (nearest) to the
+        logits size first so they can be stacked.
+        """
+        side = logits.shape[-1]
+        stacked = [
+            F.interpolate(m[:, None].float(), size=(side, side), mode="nearest")[:, 0]
+            for m in gt_masks
+            if m.shape[0]
+        ]
+        return torch.cat(stacked, dim=0).to(logits.device)

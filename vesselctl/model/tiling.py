@@ -320,23 +320,24 @@ def sam2_pixel_values(
 def sam2_logits_to_image(
     logits: torch.Tensor, frame: Sam2Frame, original_size: tuple[int, int]
 ) -> torch.Tensor:
-    """Mask logits [n, h, w] (SAM2's 256 x 256) -> [n, H, W] at the original image size.
+    """Mask logits [n, h, w] (SAM2's 256 x 256) -> float32 [n, H, W] at the original size.
 
     Bilinear (align_corners=False) up to S x S, the letterbox padding cropped away, then
-    bilinear to the original size: the official path for ``square``.
+    bilinear to the original size: the official path for ``square``. Apply the sigmoid after.
     """
+    import torch
     import torch.nn.functional as F
 
     if logits.ndim != 3:
         raise ModelError(f"mask logits have shape {tuple(logits.shape)}; expected [n, h, w]")
     if logits.shape[0] == 0:
-        return logits.new_zeros((0, *original_size))
+        return logits.new_zeros((0, *original_size), dtype=torch.float32)
     x = logits[:, None].float()
     x = F.interpolate(x, size=(frame.size, frame.size), mode="bilinear", align_corners=False)
     x = x[:, :, : frame.content[0], : frame.content[1]]
     if tuple(x.shape[-2:]) != tuple(original_size):
         x = F.interpolate(x, size=tuple(original_size), mode="bilinear", align_corners=False)
-    return x[:, 0].to(logits.dtype)
+    return x[:, 0]
 
 
 def masks_to_sam2_frame(masks: torch.Tensor, frame: Sam2Frame, out_size: int) -> torch.Tensor:

@@ -34,6 +34,11 @@ class VerifySettings(Section):
         96, ge=16, le=2048, description="Side of the synthetic vessel image used for the check."
     )
     prompt: str = Field("blood vessels", description="Phrase segmented during the check.")
+    dtype: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="Compute dtype of the check; bf16 halves its memory for large models (then "
+        "only the IoU limit applies unless max_logit_diff is set).",
+    )
 
 
 class ConvertSettings(Section):

@@ -14,21 +14,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from vesselctl.settings.base import Section
-
-
-class ModelSourceSettings(Section):
-    """TEMPORARY stand-in until model-core's settings/model.py lands (same field names)."""
-
-    kind: Literal["preset", "vesselctl", "official_hf", "base"] = Field(
-        "preset", description="Where the model comes from."
-    )
-    preset: str = Field("tiny", description="Preset name when kind is preset.")
-    model_dir: Path | None = Field(None, description="Model folder for vesselctl/official_hf.")
-    mllm_dir: Path | None = Field(None, description="Base MLLM folder when kind is base.")
-    sam2_dir: Path | None = Field(None, description="Base SAM2 folder when kind is base.")
-    dtype: str = Field("auto", description="Weight dtype.")
-    attn_implementation: str = Field("sdpa", description="Attention implementation.")
-    gradient_checkpointing: bool = Field(False, description="Gradient checkpointing on the LLM.")
+from vesselctl.settings.model import ModelSourceSettings
 
 
 class AugmentSettings(Section):

@@ -117,8 +117,6 @@ def run(settings: TrainSettings) -> TrainResult:
         processor = type(processor)(
             processor.tokenizer, processor.options, **settings.processor.overrides()
         )
-    if settings.model.gradient_checkpointing:
-        model.set_llm_gradient_checkpointing(True)
     new_token_ids = _new_token_ids(processor.tokenizer, SA2VA_NEW_TOKENS)
     model, report = apply_trainable(model, settings.lora, settings.trainable, new_token_ids)
     torch.manual_seed(settings.seed + 1000 * dist.rank + 1)
@@ -298,10 +296,6 @@ def run(settings: TrainSettings) -> TrainResult:
 
 def _build_model(settings: TrainSettings) -> tuple[Any, Any]:
     """The model and processor from the configured source."""
-    if settings.model.kind == "preset":  # TEMPORARY until model/load.py's load_model lands
-        from vesselctl.model.presets import build_preset
-
-        return build_preset(settings.model.preset)
     from vesselctl.model.load import load_model
 
     return load_model(settings.model)
@@ -318,9 +312,7 @@ def _trainable_meta(settings: TrainSettings, report: Any, step: int) -> dict[str
     return {
         "format": ckpt.TRAINABLE_FORMAT,
         "step": step,
-        "name_prefix": "base_model.model."
-        if report.lora_target_pattern or report.modules_to_save or report.trainable_token_indices
-        else "",
+        "name_prefix": report.name_prefix,
         "lora": {
             "enabled": settings.lora.enabled,
             "r": settings.lora.r,

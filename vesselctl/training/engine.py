@@ -56,6 +56,21 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Call
     return factor
 
 
+class _LossOnly(nn.Module):
+    """Shows DDP only the loss. DDP with find_unused_parameters walks the autograd graph from
+    every output tensor it finds; the IoU scores are outputs that no loss uses, so their head
+    would be expected to get gradients that never come. The full output is kept aside."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+        self.last_output: Sa2VAOutput | None = None
+
+    def forward(self, batch: Sa2VABatch) -> torch.Tensor:
+        self.last_output = self.module(batch)
+        return self.last_output.loss
+
+
 class TorchEngine:
     """One process or torch DDP; fp32 weights for what trains, bf16 autocast on CUDA if asked."""
 
@@ -84,7 +99,7 @@ class TorchEngine:
             # find_unused_parameters: SAM2's IoU and object-score heads get no gradient from the
             # mask losses (the IoU only picks the mask), so not every trainable parameter is used.
             self.wrapped: nn.Module = DistributedDataParallel(
-                model,
+                _LossOnly(model),
                 device_ids=[device.index] if device.type == "cuda" else None,
                 find_unused_parameters=True,
             )
@@ -107,6 +122,8 @@ class TorchEngine:
         with sync:
             with self._autocast():
                 output = self.wrapped(batch)
+            if self.ddp:
+                output = self.wrapped.module.last_output
             check(output)
             (output.loss / self.accumulation).backward()
         return output
@@ -152,17 +169,21 @@ class DeepSpeedEngine:
     ) -> None:
         import deepspeed
 
+        # The loss-only wrapper again: ZeRO-3 hooks find tensors in a module's outputs, not in
+        # dataclasses; checkpoints and exports use the inner model's names (self.module).
+        self._wrapper = _LossOnly(model)
         engine, _, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config
+            model=self._wrapper, optimizer=optimizer, lr_scheduler=scheduler, config=config
         )
         self.engine = engine
-        self.module = engine.module
+        self.module = self._wrapper.module
         self.device = engine.device
         self.zero_stage = int(config["zero_optimization"]["stage"])
         self.bf16 = bool(config["bf16"]["enabled"])
 
     def micro_step(self, batch: Sa2VABatch, last_micro: bool, check: LossCheck) -> Sa2VAOutput:
-        output = self.engine(batch)
+        self.engine(batch)
+        output = self._wrapper.last_output
         check(output)
         self.engine.backward(output.loss)
         self.engine.step()  # steps optimiser + scheduler only at the accumulation boundary

@@ -45,6 +45,7 @@ class TrainableReport:
     lora_target_pattern: str | None = None
     modules_to_save: list[str] = field(default_factory=list)
     trainable_token_indices: dict[str, list[int]] | None = None
+    name_prefix: str = ""  # "base_model.model." when peft wraps the model
 
     def as_dict(self) -> dict:
         return {
@@ -54,6 +55,7 @@ class TrainableReport:
             "lora_target_pattern": self.lora_target_pattern,
             "modules_to_save": list(self.modules_to_save),
             "trainable_token_indices": self.trainable_token_indices,
+            "name_prefix": self.name_prefix,
         }
 
 
@@ -132,8 +134,8 @@ def apply_trainable(
 ) -> tuple[nn.Module, TrainableReport]:
     """Freeze ``model``, add LoRA and unfreeze the chosen groups; return the model to train.
 
-    With LoRA (or trained embedding copies) the result is a ``peft.PeftModel`` wrapping ``model``;
-    without either it is ``model`` itself.
+    With LoRA (or new-token rows) the result is a ``peft.PeftModel`` wrapping ``model``
+    (parameter names gain the prefix ``base_model.model.``); otherwise it is ``model`` itself.
     """
     from peft import LoraConfig, get_peft_model
 
@@ -141,19 +143,19 @@ def apply_trainable(
     model.requires_grad_(False)
     report = TrainableReport()
 
-    use_peft = lora.enabled or groups.embeddings != "frozen"
-    if use_peft:
-        if groups.embeddings == "new_tokens" and not new_token_ids:
-            raise ConfigError(
-                "trainable.embeddings is 'new_tokens' but the tokenizer has none of "
-                f"{', '.join(SA2VA_NEW_TOKENS)}; use 'full_copy' or 'frozen'"
-            )
-        pattern = lora_target_pattern(model, names, lora) if lora.enabled else None
+    if groups.embeddings == "new_tokens" and not new_token_ids:
+        raise ConfigError(
+            "trainable.embeddings is 'new_tokens' but the tokenizer has none of "
+            f"{', '.join(SA2VA_NEW_TOKENS)}; use 'full_copy' or 'frozen'"
+        )
+    token_ids = list(new_token_ids or [])
+    if lora.enabled:
+        pattern = lora_target_pattern(model, names, lora)
         modules_to_save = (
             [names.embeddings, names.lm_head] if groups.embeddings == "full_copy" else None
         )
         token_indices = (
-            {names.embeddings: list(new_token_ids or []), names.lm_head: list(new_token_ids or [])}
+            {names.embeddings: token_ids, names.lm_head: token_ids}
             if groups.embeddings == "new_tokens"
             else None
         )
@@ -163,8 +165,7 @@ def apply_trainable(
             lora_dropout=lora.dropout,
             use_rslora=lora.rslora,
             bias="none",
-            # Without LoRA, peft still needs a target; an impossible pattern selects nothing.
-            target_modules=pattern if pattern else r"^$NO_LORA_TARGET",
+            target_modules=pattern,
             modules_to_save=modules_to_save,
             trainable_token_indices=token_indices,
         )
@@ -172,10 +173,25 @@ def apply_trainable(
         report.lora_target_pattern = pattern
         report.modules_to_save = list(modules_to_save or [])
         report.trainable_token_indices = token_indices
-        base = trained.get_base_model()
+    elif groups.embeddings == "new_tokens":
+        from peft import TrainableTokensConfig
+
+        trained = get_peft_model(
+            model,
+            TrainableTokensConfig(
+                token_indices=token_ids, target_modules=[names.embeddings, names.lm_head]
+            ),
+        )
+        report.trainable_token_indices = {names.embeddings: token_ids, names.lm_head: token_ids}
     else:
+        # No LoRA: nothing else reads the original embeddings, so train them in place (the
+        # copies of modules_to_save only matter beside adapters).
         trained = model
-        base = model
+        if groups.embeddings == "full_copy":
+            model.get_submodule(names.embeddings).requires_grad_(True)
+            model.get_submodule(names.lm_head).requires_grad_(True)
+    base = trained.get_base_model() if hasattr(trained, "get_base_model") else trained
+    report.name_prefix = "base_model.model." if trained is not model else ""
 
     unfreeze = {
         "projector": names.projector if groups.projector else None,

@@ -1,0 +1,45 @@
+"""TrainSettings: defaults follow the user's recipe; cross-field checks name the fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from vesselctl.errors import ConfigError
+from vesselctl.settings.base import load_settings
+from vesselctl.settings.train import TrainSettings
+
+
+def test_defaults_are_the_lora_recipe() -> None:
+    s = TrainSettings()
+    assert (s.lora.r, s.lora.alpha, s.lora.dropout, s.lora.targets) == (64, 128, 0.05, "all-linear")
+    assert s.optim.lr == 2e-5 and s.optim.weight_decay == 0.05 and s.optim.grad_clip == 1.0
+    assert s.trainable.embeddings == "full_copy" and s.distributed.strategy == "auto"
+
+
+def test_effective_batch() -> None:
+    s = load_settings(
+        TrainSettings, None, ["optim.micro_batch=1", "optim.accumulation=8", "distributed.gpus=4"]
+    )
+    assert s.effective_batch == 32
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("distributed.node_rank=2", "node_rank"),
+        ("data.val_split=train", "val_split"),
+        ("lora.targets=[]", "empty list"),
+        ("lora.targets=some", "all-linear"),
+        ("data.augment.scale_range=[1.2,0.9]", "scale_range"),
+        ("distributed.strategy=nonsense", "strategy"),
+        ("optim.micro_batch=0", "micro_batch"),
+    ],
+)
+def test_bad_settings_are_named(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(TrainSettings, None, [override])
+
+
+def test_offload_needs_deepspeed_strategy() -> None:
+    with pytest.raises(ConfigError, match="offload"):
+        load_settings(TrainSettings, None, ["distributed.offload=true", "distributed.strategy=ddp"])
