@@ -10,10 +10,10 @@ from vesselctl.cli import config as config_cmd
 from vesselctl.cli import convert as convert_cmd
 from vesselctl.cli import env as env_cmd
 from vesselctl.cli import evaluate as evaluate_cmd
-from vesselctl.cli import prepare as prepare_cmd
-from vesselctl.cli import report as report_cmd
 from vesselctl.cli import inspect as inspect_cmd
 from vesselctl.cli import predict as predict_cmd
+from vesselctl.cli import prepare as prepare_cmd
+from vesselctl.cli import report as report_cmd
 from vesselctl.cli import train as train_cmd
 from vesselctl.cli import validate as validate_cmd
 from vesselctl.cli.config import register_stage_settings
@@ -43,25 +43,22 @@ def _root(
     """vesselctl: prepare -> validate -> train -> convert -> predict -> evaluate -> report."""
 
 
+# Pipeline order is the order `vesselctl --help` lists them in.
+_COMMANDS = [
+    ("prepare", prepare_cmd.prepare, "vesselctl.settings.prepare:PrepareSettings"),
+    ("validate", validate_cmd.validate, "vesselctl.settings.validate:ValidateSettings"),
+    ("train", train_cmd.train, "vesselctl.settings.train:TrainSettings"),
+    ("convert", convert_cmd.convert, "vesselctl.settings.convert:ConvertSettings"),
+    ("inspect", inspect_cmd.inspect, "vesselctl.settings.convert:InspectSettings"),
+    ("predict", predict_cmd.predict, "vesselctl.settings.predict:PredictSettings"),
+    ("evaluate", evaluate_cmd.evaluate, "vesselctl.settings.evaluate:EvaluateSettings"),
+    ("report", report_cmd.report, "vesselctl.settings.report:ReportSettings"),
+]
+for _name, _command, _settings in _COMMANDS:
+    app.command(_name)(_command)
+    register_stage_settings(_name, _settings)
 app.command("env")(env_cmd.env)
 app.command("config")(config_cmd.config)
-app.command("prepare")(prepare_cmd.prepare)
-app.command("validate")(validate_cmd.validate)
-register_stage_settings("prepare", "vesselctl.settings.prepare:PrepareSettings")
-register_stage_settings("validate", "vesselctl.settings.validate:ValidateSettings")
-app.command("evaluate")(evaluate_cmd.evaluate)
-register_stage_settings("evaluate", "vesselctl.settings.evaluate:EvaluateSettings")
-app.command("report")(report_cmd.report)
-register_stage_settings("report", "vesselctl.settings.report:ReportSettings")
-app.command("train")(train_cmd.train)
-register_stage_settings("train", "vesselctl.settings.train:TrainSettings")
-app.command("convert")(convert_cmd.convert)
-register_stage_settings("convert", "vesselctl.settings.convert:ConvertSettings")
-app.command("inspect")(inspect_cmd.inspect)
-register_stage_settings("inspect", "vesselctl.settings.convert:InspectSettings")
-
-app.command("predict")(predict_cmd.predict)
-register_stage_settings("predict", "vesselctl.settings.predict:PredictSettings")
 
 
 def main() -> None:

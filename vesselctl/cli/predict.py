@@ -91,6 +91,8 @@ def predict(
     )
     if result.failures:
         for failure in result.failures:
-            err_console.print(f"unreadable: {failure['error']}", highlight=False, markup=False)
+            err_console.print(
+                f"unreadable: {failure['error']}", highlight=False, markup=False, soft_wrap=True
+            )
         raise typer.Exit(code=1)
     console.print(f"masks in {result.out_dir / 'masks'}")
