@@ -290,3 +290,36 @@ def test_detect_format(internvl_setup, tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(CheckpointError, match="unknown checkpoint file type"):
         ckpt.detect_format(tmp_path / "notes.txt")
+
+
+def test_base_with_smaller_vocabulary_and_tied_lm_head(tmp_path):
+    """A base MLLM saved before Sa2VA's tokens were added, with lm_head tied (not in the file):
+    the embedding grows to len(tokenizer) (new rows = mean row) and lm_head starts as a copy."""
+    model, processor = tiny_model("internvl")
+    state = model.state_dict()
+    embed = "mllm.model.language_model.embed_tokens.weight"
+    mllm = {
+        k.removeprefix("mllm."): v
+        for k, v in state.items()
+        if k.startswith("mllm.") and k != "mllm.lm_head.weight"
+    }
+    mllm[embed.removeprefix("mllm.")] = state[embed][:-5].clone()
+    mllm_dir = tmp_path / "base-mllm"
+    mllm_dir.mkdir()
+    save_file({k: v.contiguous() for k, v in mllm.items()}, str(mllm_dir / "model.safetensors"))
+    config = model.config.mllm_config.to_dict()
+    config["text_config"]["tie_word_embeddings"] = True
+    (mllm_dir / "config.json").write_text(json.dumps(config))
+    processor.tokenizer.save_pretrained(mllm_dir)
+    sam2 = to_official({k: v for k, v in state.items() if k.startswith("sam2.")}, "sam2_original")
+    torch.save({"model": sam2}, tmp_path / "sam2.pt")
+
+    source = ckpt.read_base_checkpoints(mllm_dir, tmp_path / "sam2.pt")
+    grown = source.tensor(embed)
+    assert grown.shape == state[embed].shape
+    assert torch.equal(grown[:-5], state[embed][:-5])
+    torch.testing.assert_close(grown[-1], state[embed][:-5].mean(dim=0))
+    assert torch.equal(source.tensor("mllm.lm_head.weight"), grown)
+    report = source.reports[0]
+    assert report.resized[embed] == (len(grown) - 5, len(grown))
+    assert report.aliased == {"mllm.lm_head.weight": embed}

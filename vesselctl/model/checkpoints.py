@@ -317,6 +317,8 @@ class KeyReport:
     unmapped: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)  # mapped to a parameter the model lacks
     mismatched: list[str] = field(default_factory=list)  # "key: found (a,b), expected (c,d)"
+    resized: dict[str, tuple[int, int]] = field(default_factory=dict)  # rows: found -> model
+    aliased: dict[str, str] = field(default_factory=dict)  # tied weight -> the one it copies
 
     def raise_if_bad(self) -> None:
         problems = []
@@ -350,10 +352,20 @@ class Piece:
     index: int | None = None  # q/k/v position for split_qkv, row for row
 
 
+EMBEDDING_KEYS = ("mllm.model.language_model.embed_tokens.weight", "mllm.lm_head.weight")
+
+
 def plan_store(
-    store: TensorStore, layout: str, expected: dict[str, tuple[int, ...]]
+    store: TensorStore,
+    layout: str,
+    expected: dict[str, tuple[int, ...]],
+    growable: tuple[str, ...] = (),
 ) -> tuple[dict[str, list[Piece]], KeyReport]:
-    """Map every key of a full (non-delta) store to native parameters, checking names/shapes."""
+    """Map every key of a full (non-delta) store to native parameters, checking names/shapes.
+
+    ``growable`` parameters may have fewer rows than the model (a base vocabulary before
+    Sa2VA's tokens were added); they are padded with the mean row when read.
+    """
     report = KeyReport(store.origin)
     plan: dict[str, list[Piece]] = {}
     for key in store:
@@ -364,7 +376,7 @@ def plan_store(
         if target.op == "drop":
             report.dropped[key] = target.reason
             continue
-        _add_target(plan, report, store, key, target, expected)
+        _add_target(plan, report, store, key, target, expected, growable)
     return plan, report
 
 
@@ -375,6 +387,7 @@ def _add_target(
     key: str,
     target: Target,
     expected: dict[str, tuple[int, ...]],
+    growable: tuple[str, ...] = (),
 ) -> None:
     shape = store.shape(key)
     ok = True
@@ -390,6 +403,10 @@ def _add_target(
             fits = len(shape) == 2 and shape[0] == 1 and shape[1] == want[1]
         else:
             fits = shape == want
+            if not fits and native in growable and shape[1:] == want[1:] and shape[0] < want[0]:
+                plan.setdefault(native, []).append(Piece(store, key, "pad_rows"))
+                report.resized[native] = (shape[0], want[0])
+                continue
         if not fits:
             report.mismatched.append(f"{key}: found {shape}, expected {want} for {native}")
             ok = False
@@ -407,6 +424,11 @@ def materialize(native_key: str, pieces: list[Piece], shape: tuple[int, ...]) ->
     first = pieces[0]
     if first.op == "copy":
         return first.store.get(first.key)
+    if first.op == "pad_rows":
+        # new token rows (Sa2VA's [SEG], <p>, ...) start at the mean of the existing ones
+        base = first.store.get(first.key)
+        extra = base.float().mean(dim=0, keepdim=True).to(base.dtype)
+        return torch.cat([base, extra.expand(shape[0] - base.shape[0], -1)], dim=0)
     if first.op == "split_qkv":
         fused = first.store.get(first.key)
         size = fused.shape[0] // 3
@@ -947,12 +969,19 @@ def _finish(
     stores_layouts: list[tuple[TensorStore, str]],
     kind: str,
     allow_missing: tuple[str, ...] = (),
+    growable: tuple[str, ...] = (),
+    tied_lm_head: bool = False,
 ) -> NativeSource:
+    """Plan every store, check nothing is missing, and return the lazy native view.
+
+    ``tied_lm_head``: the source ties lm_head to the token embedding (e.g. Qwen2.5-0.5B), so
+    its file may omit lm_head; Sa2VA unties them, so lm_head starts as a copy.
+    """
     expected = expected_shapes(config)
     pieces: dict[str, list[Piece]] = {}
     reports = []
     for store, layout in stores_layouts:
-        plan, report = plan_store(store, layout, expected)
+        plan, report = plan_store(store, layout, expected, growable)
         report.raise_if_bad()
         reports.append(report)
         for native, items in plan.items():
@@ -962,6 +991,10 @@ def _finish(
                     f"({pieces[native][0].key} and {items[0].key})"
                 )
             pieces[native] = items
+    embed, lm_head = EMBEDDING_KEYS
+    if tied_lm_head and lm_head not in pieces and embed in pieces:
+        pieces[lm_head] = pieces[embed]
+        reports[0].aliased[lm_head] = embed
     missing = [k for k in expected if k not in pieces and not k.startswith(allow_missing)]
     if missing:
         sources = ", ".join(s.origin for s, _ in stores_layouts)
@@ -1029,7 +1062,17 @@ def read_official_hf_export(directory: Path) -> NativeSource:
         mllm = qwen_config_from_dict(data, str(directory / "config.json"), rows)
     template = _official_template(data, family, directory)
     config = _sa2va_config(family, mllm, sam2, template, tokenizer, directory)
-    return _finish(config, tokenizer, [(store, layout)], "official_hf")
+    return _finish(
+        config, tokenizer, [(store, layout)], "official_hf", tied_lm_head=_declares_tied(data)
+    )
+
+
+def _declares_tied(data: dict[str, Any]) -> bool:
+    """Whether a (remote-code or native) config.json ties lm_head to the token embedding."""
+    for section in (data.get("llm_config"), data.get("text_config"), data):
+        if isinstance(section, dict) and "tie_word_embeddings" in section:
+            return bool(section["tie_word_embeddings"])
+    return False
 
 
 def _native_sam2_shapes(store: TensorStore, layout: str) -> dict[str, tuple[int, ...]]:
@@ -1080,8 +1123,13 @@ def read_base_checkpoints(
     layout = layouts[fmt]
     mllm_store = store_from_directory(mllm_dir, str(mllm_dir))
     tokenizer = load_tokenizer(tokenizer_dir or mllm_dir)
-    rows = _embedding_rows(mllm_store, layout)
-    _check_vocab(rows, tokenizer, tokenizer_dir or mllm_dir)
+    if "[SEG]" not in tokenizer.get_vocab():
+        # a base tokenizer: add Sa2VA's tokens as its training did ([SEG], <p>, </p>, <vp>,
+        # </vp> appended in this order), and grow the embeddings to len(tokenizer)
+        from vesselctl.model.tokenizer import add_sa2va_tokens
+
+        add_sa2va_tokens(tokenizer)
+    rows = max(_embedding_rows(mllm_store, layout), len(tokenizer))
     sam2_store, sam2_layout = _sam2_store(sam2_path)
     sam2 = infer_sam2_config(_native_sam2_shapes(sam2_store, sam2_layout), str(sam2_path))
     if fmt == "internvl_remote":
@@ -1110,6 +1158,8 @@ def read_base_checkpoints(
         [(mllm_store, layout), (sam2_store, sam2_layout)],
         "base",
         allow_missing=("text_hidden_fcs.",),
+        growable=EMBEDDING_KEYS,
+        tied_lm_head=_declares_tied(data),
     )
 
 
