@@ -454,9 +454,6 @@ class Delta:
     replacements: dict[str, torch.Tensor] = field(default_factory=dict)
     lora: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     lora_spec: LoraSpec | None = None
-    family: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-    files: list[Path] = field(default_factory=list)
     report: KeyReport | None = None
 
 
