@@ -323,3 +323,48 @@ def test_base_with_smaller_vocabulary_and_tied_lm_head(tmp_path):
     report = source.reports[0]
     assert report.resized[embed] == (len(grown) - 5, len(grown))
     assert report.aliased == {"mllm.lm_head.weight": embed}
+
+
+def test_vesselctl_step_matches_peft_merge_and_unload(internvl_setup, tmp_path):
+    """A real peft-wrapped model (LoRA + trainable token rows, as `train` builds it): the
+    converted weights equal peft's own merge_and_unload."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    _, model, _, root = internvl_setup
+    embed, lm_head = "mllm.model.language_model.embed_tokens", "mllm.lm_head"
+    rows = [3, 7, 11]
+    config = LoraConfig(
+        r=R,
+        lora_alpha=ALPHA,
+        target_modules=r".*language_model\.layers\.\d+\..*_proj",
+        trainable_token_indices={embed: rows, lm_head: rows},
+    )
+    wrapped = get_peft_model(copy.deepcopy(model), config)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for param in wrapped.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 0.1)
+    trainable = {n: p.detach().clone() for n, p in wrapped.named_parameters() if p.requires_grad}
+    assert any("trainable_tokens_delta" in n for n in trainable)
+    step = tmp_path / "step_3"
+    step.mkdir()
+    save_file(trainable, str(step / "trainable.safetensors"))
+    meta = {
+        "format": "vesselctl-trainable/1",
+        "step": 3,
+        "lora": {"enabled": True, "r": R, "alpha": ALPHA, "rslora": False},
+        "trainable_token_indices": {embed: rows, lm_head: rows},
+    }
+    (step / "trainable.json").write_text(json.dumps(meta))
+
+    merged = ckpt.merged_weights(
+        ckpt.read_model_source(root / "hf"), ckpt.read_trained_checkpoint(step)
+    )
+    expected = wrapped.merge_and_unload().state_dict()
+    _assert_weights_equal(merged, expected, atol=1e-5)
+    assert not torch.equal(
+        expected[f"{embed}.weight"][rows], model.state_dict()[f"{embed}.weight"][rows]
+    )

@@ -455,6 +455,8 @@ class Delta:
     lora: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     lora_spec: LoraSpec | None = None
     report: KeyReport | None = None
+    # peft trainable tokens: native key -> (row indices, trained rows that replace them)
+    token_rows: dict[str, tuple[list[int], torch.Tensor]] = field(default_factory=dict)
 
 
 def _family_of_official_keys(keys: list[str], origin: str) -> str:
@@ -479,8 +481,13 @@ def build_delta(
     origin: str,
     expected: dict[str, tuple[int, ...]],
     lora_spec: LoraSpec | None,
+    token_indices: dict[str, list[int]] | None = None,
 ) -> Delta:
-    """Classify trained tensors (peft roles) and map them to native keys, strictly."""
+    """Classify trained tensors (peft roles) and map them to native keys, strictly.
+
+    ``token_indices`` (module name -> row ids, from trainable.json) places peft trainable-token
+    rows: those rows of the embedding / lm_head are replaced by the trained ones.
+    """
     delta = Delta(origin)
     report = KeyReport(origin)
     lora_parts: dict[str, dict[str, torch.Tensor]] = {}
@@ -506,10 +513,21 @@ def build_delta(
         if peft.role in ("lora_A", "lora_B"):
             lora_parts.setdefault(native, {})[peft.role] = tensor
         elif peft.role == "trainable_tokens_delta":
-            raise CheckpointError(
-                f"{origin}: '{key}' is a peft trainable-tokens delta; merging those is not "
-                "supported yet (train with the embeddings in modules_to_save)"
-            )
+            module = peft.base.removesuffix(".weight")
+            rows = (token_indices or {}).get(module)
+            want = expected[native]
+            if rows is None:
+                raise CheckpointError(
+                    f"{origin}: '{key}' holds trained token rows but trainable_token_indices "
+                    f"has no entry for '{module}'; the row ids are needed to place them"
+                )
+            if tuple(tensor.shape) != (len(rows), *want[1:]) or max(rows) >= want[0]:
+                report.mismatched.append(
+                    f"{key}: found {tuple(tensor.shape)} for rows {rows[:5]}, expected "
+                    f"({len(rows)}, {want[1]}) with rows < {want[0]} for {native}"
+                )
+                continue
+            delta.token_rows[native] = (list(rows), tensor)
         else:  # plain, modules_to_save, base_layer: full trained tensor replaces the base one
             if tuple(tensor.shape) != expected[native]:
                 report.mismatched.append(
@@ -1235,6 +1253,12 @@ class MergedWeights:
             raise CheckpointError(
                 f"parameter {key} is in neither the base model nor the training checkpoint"
             )
+        if delta is not None and key in delta.token_rows:
+            import torch
+
+            rows, values = delta.token_rows[key]
+            index = torch.tensor(rows, dtype=torch.long)
+            weight = weight.index_copy(0, index, values.to(weight.dtype))
         if delta is not None and self.merge_lora and key in delta.lora:
             lora_a, lora_b = delta.lora[key]
             spec = delta.lora_spec
@@ -1265,8 +1289,14 @@ def merged_weights(
             f"{trained.path}: is a {trained.family} checkpoint but the base model is "
             f"{base.config.family}; pass the base the run was trained from"
         )
+    indices = trained.meta.get("trainable_token_indices") if trained.meta else None
     delta = build_delta(
-        trained.tensors, trained.layout, str(trained.path), base.expected, trained.lora_spec
+        trained.tensors,
+        trained.layout,
+        str(trained.path),
+        base.expected,
+        trained.lora_spec,
+        indices if isinstance(indices, dict) else None,
     )
     missing = [k for k in base.expected if k not in base.pieces and k not in delta.replacements]
     if missing:

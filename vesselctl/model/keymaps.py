@@ -446,6 +446,7 @@ _PEFT_SUFFIXES: tuple[tuple[re.Pattern[str], str], ...] = (
         "modules_to_save",
     ),
     (re.compile(r"^(?P<base>.+)\.original_module\.(?P<p>.+)$"), "original_module"),
+    (re.compile(r"^(?P<base>.+)\.token_adapter\.base_layer\.(?P<p>.+)$"), "base_layer"),
     (re.compile(r"^(?P<base>.+)\.base_layer\.(?P<p>.+)$"), "base_layer"),
     (
         re.compile(
