@@ -159,6 +159,26 @@ class TorchEngine:
         self.scheduler.load_state_dict(state["scheduler"])
 
 
+def _single_process_group() -> None:
+    """DeepSpeed needs a process group even for one process; without launcher variables it
+    would go looking for MPI. Start a one-process group on a free local port."""
+    import os
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for name, value in (
+        ("RANK", "0"),
+        ("LOCAL_RANK", "0"),
+        ("WORLD_SIZE", "1"),
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", str(port)),
+    ):
+        os.environ.setdefault(name, value)
+    torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
 class DeepSpeedEngine:
     """DeepSpeed ZeRO-2/3: it owns accumulation, clipping, bf16 master weights and stepping."""
 
@@ -171,6 +191,8 @@ class DeepSpeedEngine:
     ) -> None:
         import deepspeed
 
+        if not torch.distributed.is_initialized():
+            _single_process_group()
         # The loss-only wrapper again: ZeRO-3 hooks find tensors in a module's outputs, not in
         # dataclasses; checkpoints and exports use the inner model's names (self.module).
         self._wrapper = _LossOnly(model)
