@@ -148,22 +148,30 @@ def test_vesselctl_training_step_merges(internvl_setup, tmp_path):
     _assert_weights_equal(ckpt.merged_weights(base, gathered), reference, atol=1e-4)
 
 
-def test_base_checkpoints_native_mllm_and_original_sam2(tmp_path):
-    from transformers import InternVLForConditionalGeneration
-
-    model, processor = tiny_model("internvl")
+@pytest.mark.parametrize(
+    ("family", "sam2_kind"), [("internvl", "original"), ("qwen2_5_vl", "native")]
+)
+def test_base_checkpoints_as_saved_by_transformers(family, sam2_kind, tmp_path):
+    """Base MLLM folders as transformers saves them (the Hub's -hf layout: InternVL as
+    language_model.model.* / vision_tower.*, Qwen2.5-VL as model.* / visual.*) + SAM2 as the
+    original sam2_hiera_*.pt or a Sam2Model folder."""
+    model, processor = tiny_model(family)
     state = model.state_dict()
-    mllm_dir = tmp_path / "InternVL-hf"
-    mllm_dir.mkdir()
-    mllm = {k.removeprefix("mllm."): v for k, v in state.items() if k.startswith("mllm.")}
-    save_file({k: v.contiguous() for k, v in mllm.items()}, str(mllm_dir / "model.safetensors"))
-    model.config.mllm_config.save_pretrained(mllm_dir)
+    mllm_dir = tmp_path / "mllm"
+    model.mllm.save_pretrained(mllm_dir)
     processor.tokenizer.save_pretrained(mllm_dir)
-    assert isinstance(model.mllm, InternVLForConditionalGeneration)
-    sam2 = to_official({k: v for k, v in state.items() if k.startswith("sam2.")}, "sam2_original")
-    torch.save({"model": sam2}, tmp_path / "sam2_hiera_tiny.pt")
+    if sam2_kind == "original":
+        sam2 = to_official(
+            {k: v for k, v in state.items() if k.startswith("sam2.")}, "sam2_original"
+        )
+        sam2_path = tmp_path / "sam2_hiera_tiny.pt"
+        torch.save({"model": sam2}, sam2_path)
+    else:
+        sam2_path = tmp_path / "sam2"
+        model.sam2.save_pretrained(sam2_path)
 
-    source = ckpt.read_base_checkpoints(mllm_dir, tmp_path / "sam2_hiera_tiny.pt")
+    source = ckpt.read_base_checkpoints(mllm_dir, sam2_path)
+    assert source.config.family == family
     for key, value in state.items():
         if key.startswith("text_hidden_fcs."):
             assert key not in source.pieces  # new in Sa2VA: a training delta provides it
