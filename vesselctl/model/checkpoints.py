@@ -1366,16 +1366,72 @@ def resolve_base(
             return read_model_source(Path(recorded["model_dir"]))
         if kind == "base" and recorded.get("mllm_dir") and recorded.get("sam2_dir"):
             return read_base_checkpoints(Path(recorded["mllm_dir"]), Path(recorded["sam2_dir"]))
+        if kind == "preset":
+            return rebuild_preset_base(trained, recorded)
         raise CheckpointError(
             f"{trained.path / TRAINABLE_META}: the run started from model source kind "
-            f"'{kind}' (e.g. a random-weight preset), whose weights are not on disk; pass "
-            "--base DIR with the weights training started from"
+            f"'{kind}', whose weights cannot be found; pass --base DIR with the weights "
+            "training started from"
         )
     raise CheckpointError(
         f"{trained.path}: a training checkpoint holds only the trained weights; pass the model "
         "it was trained from with --base DIR (official Sa2VA HF export or vesselctl model) or "
         "--mllm DIR --sam2 PATH"
     )
+
+
+def run_seed(step_dir: Path) -> int | None:
+    """The seed a vesselctl training run used: trainable.json's ``seed``, else the run folder's
+    resolved ``settings.yaml`` (``<run>/checkpoints/step_N`` -> ``<run>/settings.yaml``)."""
+    import yaml
+
+    meta_path = Path(step_dir) / TRAINABLE_META
+    if meta_path.is_file():
+        seed = read_json(meta_path).get("seed")
+        if isinstance(seed, int):
+            return seed
+    settings_path = Path(step_dir).parent.parent / "settings.yaml"
+    if settings_path.is_file():
+        try:
+            data = yaml.safe_load(settings_path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise CheckpointError(
+                f"{settings_path}: cannot read the run's settings ({exc})"
+            ) from exc
+        if isinstance(data, dict) and isinstance(data.get("seed"), int):
+            return int(data["seed"])
+    return None
+
+
+def rebuild_preset_base(trained: TrainedCheckpoint, recorded: dict[str, Any]) -> NativeSource:
+    """The random-weight preset a run started from, rebuilt exactly as `train` built it.
+
+    `train` seeds torch with the run's seed and then builds the model on the CPU, so the same
+    seed and preset give the same initial weights (same torch version). The result is marked in
+    the key accounting so the model card says where the frozen weights came from.
+    """
+    import torch
+
+    from vesselctl.model.load import load_model
+    from vesselctl.settings.model import ModelSourceSettings
+
+    seed = run_seed(trained.path)
+    if seed is None:
+        raise CheckpointError(
+            f"{trained.path}: the run trained a random-weight preset "
+            f"('{recorded.get('preset')}') but its seed is in neither {TRAINABLE_META} nor "
+            "the run folder's settings.yaml; pass --base DIR with the weights it started from"
+        )
+    source = ModelSourceSettings.model_validate({**recorded, "dtype": "float32"})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model, processor = load_model(source)
+    origin = f"preset '{source.preset}' rebuilt with seed {seed}"
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    store = TensorStore.from_dict(state, origin, [])
+    native = _finish(model.config, processor.tokenizer, [(store, "vesselctl")], "preset")
+    native.processor = processor
+    return native
 
 
 # ----------------------------------------------------------------------------------------------
