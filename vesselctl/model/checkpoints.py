@@ -1422,7 +1422,15 @@ def rebuild_preset_base(trained: TrainedCheckpoint, recorded: dict[str, Any]) ->
             f"('{recorded.get('preset')}') but its seed is in neither {TRAINABLE_META} nor "
             "the run folder's settings.yaml; pass --base DIR with the weights it started from"
         )
-    source = ModelSourceSettings.model_validate({**recorded, "dtype": "float32"})
+    # fp32 on the CPU with PyTorch attention: neither changes the random initialisation
+    source = ModelSourceSettings.model_validate(
+        {
+            **recorded,
+            "dtype": "float32",
+            "attn_implementation": "sdpa",
+            "gradient_checkpointing": False,
+        }
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model, processor = load_model(source)
