@@ -148,22 +148,30 @@ def test_vesselctl_training_step_merges(internvl_setup, tmp_path):
     _assert_weights_equal(ckpt.merged_weights(base, gathered), reference, atol=1e-4)
 
 
-def test_base_checkpoints_native_mllm_and_original_sam2(tmp_path):
-    from transformers import InternVLForConditionalGeneration
-
-    model, processor = tiny_model("internvl")
+@pytest.mark.parametrize(
+    ("family", "sam2_kind"), [("internvl", "original"), ("qwen2_5_vl", "native")]
+)
+def test_base_checkpoints_as_saved_by_transformers(family, sam2_kind, tmp_path):
+    """Base MLLM folders as transformers saves them (the Hub's -hf layout: InternVL as
+    language_model.model.* / vision_tower.*, Qwen2.5-VL as model.* / visual.*) + SAM2 as the
+    original sam2_hiera_*.pt or a Sam2Model folder."""
+    model, processor = tiny_model(family)
     state = model.state_dict()
-    mllm_dir = tmp_path / "InternVL-hf"
-    mllm_dir.mkdir()
-    mllm = {k.removeprefix("mllm."): v for k, v in state.items() if k.startswith("mllm.")}
-    save_file({k: v.contiguous() for k, v in mllm.items()}, str(mllm_dir / "model.safetensors"))
-    model.config.mllm_config.save_pretrained(mllm_dir)
+    mllm_dir = tmp_path / "mllm"
+    model.mllm.save_pretrained(mllm_dir)
     processor.tokenizer.save_pretrained(mllm_dir)
-    assert isinstance(model.mllm, InternVLForConditionalGeneration)
-    sam2 = to_official({k: v for k, v in state.items() if k.startswith("sam2.")}, "sam2_original")
-    torch.save({"model": sam2}, tmp_path / "sam2_hiera_tiny.pt")
+    if sam2_kind == "original":
+        sam2 = to_official(
+            {k: v for k, v in state.items() if k.startswith("sam2.")}, "sam2_original"
+        )
+        sam2_path = tmp_path / "sam2_hiera_tiny.pt"
+        torch.save({"model": sam2}, sam2_path)
+    else:
+        sam2_path = tmp_path / "sam2"
+        model.sam2.save_pretrained(sam2_path)
 
-    source = ckpt.read_base_checkpoints(mllm_dir, tmp_path / "sam2_hiera_tiny.pt")
+    source = ckpt.read_base_checkpoints(mllm_dir, sam2_path)
+    assert source.config.family == family
     for key, value in state.items():
         if key.startswith("text_hidden_fcs."):
             assert key not in source.pieces  # new in Sa2VA: a training delta provides it
@@ -290,3 +298,81 @@ def test_detect_format(internvl_setup, tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(CheckpointError, match="unknown checkpoint file type"):
         ckpt.detect_format(tmp_path / "notes.txt")
+
+
+def test_base_with_smaller_vocabulary_and_tied_lm_head(tmp_path):
+    """A base MLLM saved before Sa2VA's tokens were added, with lm_head tied (not in the file):
+    the embedding grows to len(tokenizer) (new rows = mean row) and lm_head starts as a copy."""
+    model, processor = tiny_model("internvl")
+    state = model.state_dict()
+    embed = "mllm.model.language_model.embed_tokens.weight"
+    mllm = {
+        k.removeprefix("mllm."): v
+        for k, v in state.items()
+        if k.startswith("mllm.") and k != "mllm.lm_head.weight"
+    }
+    mllm[embed.removeprefix("mllm.")] = state[embed][:-5].clone()
+    mllm_dir = tmp_path / "base-mllm"
+    mllm_dir.mkdir()
+    save_file({k: v.contiguous() for k, v in mllm.items()}, str(mllm_dir / "model.safetensors"))
+    config = model.config.mllm_config.to_dict()
+    config["text_config"]["tie_word_embeddings"] = True
+    (mllm_dir / "config.json").write_text(json.dumps(config))
+    processor.tokenizer.save_pretrained(mllm_dir)
+    sam2 = to_official({k: v for k, v in state.items() if k.startswith("sam2.")}, "sam2_original")
+    torch.save({"model": sam2}, tmp_path / "sam2.pt")
+
+    source = ckpt.read_base_checkpoints(mllm_dir, tmp_path / "sam2.pt")
+    grown = source.tensor(embed)
+    assert grown.shape == state[embed].shape
+    assert torch.equal(grown[:-5], state[embed][:-5])
+    torch.testing.assert_close(grown[-1], state[embed][:-5].mean(dim=0))
+    assert torch.equal(source.tensor("mllm.lm_head.weight"), grown)
+    report = source.reports[0]
+    assert report.resized[embed] == (len(grown) - 5, len(grown))
+    assert report.aliased == {"mllm.lm_head.weight": embed}
+
+
+def test_vesselctl_step_matches_peft_merge_and_unload(internvl_setup, tmp_path):
+    """A real peft-wrapped model (LoRA + trainable token rows, as `train` builds it): the
+    converted weights equal peft's own merge_and_unload."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    _, model, _, root = internvl_setup
+    embed, lm_head = "mllm.model.language_model.embed_tokens", "mllm.lm_head"
+    rows = [3, 7, 11]
+    config = LoraConfig(
+        r=R,
+        lora_alpha=ALPHA,
+        target_modules=r".*language_model\.layers\.\d+\..*_proj",
+        trainable_token_indices={embed: rows, lm_head: rows},
+    )
+    wrapped = get_peft_model(copy.deepcopy(model), config)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for param in wrapped.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 0.1)
+    trainable = {n: p.detach().clone() for n, p in wrapped.named_parameters() if p.requires_grad}
+    assert any("trainable_tokens_delta" in n for n in trainable)
+    step = tmp_path / "step_3"
+    step.mkdir()
+    save_file(trainable, str(step / "trainable.safetensors"))
+    meta = {
+        "format": "vesselctl-trainable/1",
+        "step": 3,
+        "lora": {"enabled": True, "r": R, "alpha": ALPHA, "rslora": False},
+        "trainable_token_indices": {embed: rows, lm_head: rows},
+    }
+    (step / "trainable.json").write_text(json.dumps(meta))
+
+    merged = ckpt.merged_weights(
+        ckpt.read_model_source(root / "hf"), ckpt.read_trained_checkpoint(step)
+    )
+    expected = wrapped.merge_and_unload().state_dict()
+    _assert_weights_equal(merged, expected, atol=1e-5)
+    assert not torch.equal(
+        expected[f"{embed}.weight"][rows], model.state_dict()[f"{embed}.weight"][rows]
+    )

@@ -119,12 +119,6 @@ def test_settings_refuse_incomplete_sources(kwargs, message):
         ModelSourceSettings(**kwargs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="model/checkpoints.py reads an InternVL -hf folder with identity names, but "
-    "transformers (and the Hub's -hf repos) store it as language_model.model.* / vision_tower.* / "
-    "multi_modal_projector.* / language_model.lm_head.*: 'no token embedding found'",
-)
 def test_base_checkpoints_load_everything_but_the_new_seg_projection(tmp_path):
     """A native MLLM folder + a native SAM2 folder (Sa2VA's starting point): every weight comes
     from them; text_hidden_fcs, new in Sa2VA, is freshly initialised."""

@@ -176,3 +176,57 @@ def test_qwen_family_deepspeed_checkpoint(tmp_path):
     state = Sa2VAModel.from_pretrained(str(out), dtype=torch.float32).state_dict()
     for key, expected in reference.items():
         torch.testing.assert_close(state[key], expected, atol=1e-5, rtol=0)
+
+
+def test_step_of_a_preset_run_rebuilds_its_random_base(tmp_path):
+    """A run that trained the tiny random-weight preset: convert rebuilds the initial weights
+    from the preset and the run's seed (as `train` built them) and merges the step over them."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import save_file
+
+    from vesselctl.model.load import load_model
+    from vesselctl.settings.model import ModelSourceSettings
+    from vesselctl.training.loop import seed_everything
+
+    source = ModelSourceSettings(kind="preset", preset="tiny", dtype="float32")
+    seed_everything(123, deterministic=False)  # what `train` does before building the model
+    model, _ = load_model(source)
+    wrapped = get_peft_model(
+        copy.deepcopy(model),
+        LoraConfig(
+            r=R,
+            lora_alpha=ALPHA,
+            target_modules=r".*language_model\.layers\.\d+\..*_proj",
+            modules_to_save=["mllm.model.language_model.embed_tokens"],
+        ),
+    )
+    torch.manual_seed(9)
+    with torch.no_grad():
+        for param in wrapped.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn_like(param) * 0.1)
+    run = tmp_path / "run"
+    step = run / "checkpoints" / "step_4"
+    step.mkdir(parents=True)
+    trainable = {n: p.detach().clone() for n, p in wrapped.named_parameters() if p.requires_grad}
+    save_file(trainable, str(step / "trainable.safetensors"))
+    meta = {
+        "format": "vesselctl-trainable/1",
+        "step": 4,
+        "lora": {"enabled": True, "r": R, "alpha": ALPHA, "rslora": False},
+        "model_source": source.model_dump(mode="json"),
+    }
+    (step / "trainable.json").write_text(json.dumps(meta))
+    (run / "settings.yaml").write_text("seed: 123\n")
+
+    out = tmp_path / "model"
+    result = convert.run(_settings(source=step, out=out, dtype="fp32"))
+    assert result.verify.passed and result.step == 4
+    assert "rebuilt with seed 123" in (out / "README.md").read_text()
+    from vesselctl.model.sa2va import Sa2VAModel
+
+    converted = Sa2VAModel.from_pretrained(str(out), dtype=torch.float32).state_dict()
+    for key, expected in wrapped.merge_and_unload().state_dict().items():
+        torch.testing.assert_close(converted[key], expected, atol=1e-5, rtol=0)

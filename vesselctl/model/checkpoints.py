@@ -317,6 +317,8 @@ class KeyReport:
     unmapped: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)  # mapped to a parameter the model lacks
     mismatched: list[str] = field(default_factory=list)  # "key: found (a,b), expected (c,d)"
+    resized: dict[str, tuple[int, int]] = field(default_factory=dict)  # rows: found -> model
+    aliased: dict[str, str] = field(default_factory=dict)  # tied weight -> the one it copies
 
     def raise_if_bad(self) -> None:
         problems = []
@@ -350,10 +352,20 @@ class Piece:
     index: int | None = None  # q/k/v position for split_qkv, row for row
 
 
+EMBEDDING_KEYS = ("mllm.model.language_model.embed_tokens.weight", "mllm.lm_head.weight")
+
+
 def plan_store(
-    store: TensorStore, layout: str, expected: dict[str, tuple[int, ...]]
+    store: TensorStore,
+    layout: str,
+    expected: dict[str, tuple[int, ...]],
+    growable: tuple[str, ...] = (),
 ) -> tuple[dict[str, list[Piece]], KeyReport]:
-    """Map every key of a full (non-delta) store to native parameters, checking names/shapes."""
+    """Map every key of a full (non-delta) store to native parameters, checking names/shapes.
+
+    ``growable`` parameters may have fewer rows than the model (a base vocabulary before
+    Sa2VA's tokens were added); they are padded with the mean row when read.
+    """
     report = KeyReport(store.origin)
     plan: dict[str, list[Piece]] = {}
     for key in store:
@@ -364,7 +376,7 @@ def plan_store(
         if target.op == "drop":
             report.dropped[key] = target.reason
             continue
-        _add_target(plan, report, store, key, target, expected)
+        _add_target(plan, report, store, key, target, expected, growable)
     return plan, report
 
 
@@ -375,6 +387,7 @@ def _add_target(
     key: str,
     target: Target,
     expected: dict[str, tuple[int, ...]],
+    growable: tuple[str, ...] = (),
 ) -> None:
     shape = store.shape(key)
     ok = True
@@ -390,6 +403,10 @@ def _add_target(
             fits = len(shape) == 2 and shape[0] == 1 and shape[1] == want[1]
         else:
             fits = shape == want
+            if not fits and native in growable and shape[1:] == want[1:] and shape[0] < want[0]:
+                plan.setdefault(native, []).append(Piece(store, key, "pad_rows"))
+                report.resized[native] = (shape[0], want[0])
+                continue
         if not fits:
             report.mismatched.append(f"{key}: found {shape}, expected {want} for {native}")
             ok = False
@@ -407,6 +424,11 @@ def materialize(native_key: str, pieces: list[Piece], shape: tuple[int, ...]) ->
     first = pieces[0]
     if first.op == "copy":
         return first.store.get(first.key)
+    if first.op == "pad_rows":
+        # new token rows (Sa2VA's [SEG], <p>, ...) start at the mean of the existing ones
+        base = first.store.get(first.key)
+        extra = base.float().mean(dim=0, keepdim=True).to(base.dtype)
+        return torch.cat([base, extra.expand(shape[0] - base.shape[0], -1)], dim=0)
     if first.op == "split_qkv":
         fused = first.store.get(first.key)
         size = fused.shape[0] // 3
@@ -432,10 +454,9 @@ class Delta:
     replacements: dict[str, torch.Tensor] = field(default_factory=dict)
     lora: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     lora_spec: LoraSpec | None = None
-    family: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-    files: list[Path] = field(default_factory=list)
     report: KeyReport | None = None
+    # peft trainable tokens: native key -> (row indices, trained rows that replace them)
+    token_rows: dict[str, tuple[list[int], torch.Tensor]] = field(default_factory=dict)
 
 
 def _family_of_official_keys(keys: list[str], origin: str) -> str:
@@ -460,8 +481,13 @@ def build_delta(
     origin: str,
     expected: dict[str, tuple[int, ...]],
     lora_spec: LoraSpec | None,
+    token_indices: dict[str, list[int]] | None = None,
 ) -> Delta:
-    """Classify trained tensors (peft roles) and map them to native keys, strictly."""
+    """Classify trained tensors (peft roles) and map them to native keys, strictly.
+
+    ``token_indices`` (module name -> row ids, from trainable.json) places peft trainable-token
+    rows: those rows of the embedding / lm_head are replaced by the trained ones.
+    """
     delta = Delta(origin)
     report = KeyReport(origin)
     lora_parts: dict[str, dict[str, torch.Tensor]] = {}
@@ -487,10 +513,21 @@ def build_delta(
         if peft.role in ("lora_A", "lora_B"):
             lora_parts.setdefault(native, {})[peft.role] = tensor
         elif peft.role == "trainable_tokens_delta":
-            raise CheckpointError(
-                f"{origin}: '{key}' is a peft trainable-tokens delta; merging those is not "
-                "supported yet (train with the embeddings in modules_to_save)"
-            )
+            module = peft.base.removesuffix(".weight")
+            rows = (token_indices or {}).get(module)
+            want = expected[native]
+            if rows is None:
+                raise CheckpointError(
+                    f"{origin}: '{key}' holds trained token rows but trainable_token_indices "
+                    f"has no entry for '{module}'; the row ids are needed to place them"
+                )
+            if tuple(tensor.shape) != (len(rows), *want[1:]) or max(rows) >= want[0]:
+                report.mismatched.append(
+                    f"{key}: found {tuple(tensor.shape)} for rows {rows[:5]}, expected "
+                    f"({len(rows)}, {want[1]}) with rows < {want[0]} for {native}"
+                )
+                continue
+            delta.token_rows[native] = (list(rows), tensor)
         else:  # plain, modules_to_save, base_layer: full trained tensor replaces the base one
             if tuple(tensor.shape) != expected[native]:
                 report.mismatched.append(
@@ -947,12 +984,19 @@ def _finish(
     stores_layouts: list[tuple[TensorStore, str]],
     kind: str,
     allow_missing: tuple[str, ...] = (),
+    growable: tuple[str, ...] = (),
+    tied_lm_head: bool = False,
 ) -> NativeSource:
+    """Plan every store, check nothing is missing, and return the lazy native view.
+
+    ``tied_lm_head``: the source ties lm_head to the token embedding (e.g. Qwen2.5-0.5B), so
+    its file may omit lm_head; Sa2VA unties them, so lm_head starts as a copy.
+    """
     expected = expected_shapes(config)
     pieces: dict[str, list[Piece]] = {}
     reports = []
     for store, layout in stores_layouts:
-        plan, report = plan_store(store, layout, expected)
+        plan, report = plan_store(store, layout, expected, growable)
         report.raise_if_bad()
         reports.append(report)
         for native, items in plan.items():
@@ -962,6 +1006,10 @@ def _finish(
                     f"({pieces[native][0].key} and {items[0].key})"
                 )
             pieces[native] = items
+    embed, lm_head = EMBEDDING_KEYS
+    if tied_lm_head and lm_head not in pieces and embed in pieces:
+        pieces[lm_head] = pieces[embed]
+        reports[0].aliased[lm_head] = embed
     missing = [k for k in expected if k not in pieces and not k.startswith(allow_missing)]
     if missing:
         sources = ", ".join(s.origin for s, _ in stores_layouts)
@@ -1029,7 +1077,17 @@ def read_official_hf_export(directory: Path) -> NativeSource:
         mllm = qwen_config_from_dict(data, str(directory / "config.json"), rows)
     template = _official_template(data, family, directory)
     config = _sa2va_config(family, mllm, sam2, template, tokenizer, directory)
-    return _finish(config, tokenizer, [(store, layout)], "official_hf")
+    return _finish(
+        config, tokenizer, [(store, layout)], "official_hf", tied_lm_head=_declares_tied(data)
+    )
+
+
+def _declares_tied(data: dict[str, Any]) -> bool:
+    """Whether a (remote-code or native) config.json ties lm_head to the token embedding."""
+    for section in (data.get("llm_config"), data.get("text_config"), data):
+        if isinstance(section, dict) and "tie_word_embeddings" in section:
+            return bool(section["tie_word_embeddings"])
+    return False
 
 
 def _native_sam2_shapes(store: TensorStore, layout: str) -> dict[str, tuple[int, ...]]:
@@ -1080,8 +1138,13 @@ def read_base_checkpoints(
     layout = layouts[fmt]
     mllm_store = store_from_directory(mllm_dir, str(mllm_dir))
     tokenizer = load_tokenizer(tokenizer_dir or mllm_dir)
-    rows = _embedding_rows(mllm_store, layout)
-    _check_vocab(rows, tokenizer, tokenizer_dir or mllm_dir)
+    if "[SEG]" not in tokenizer.get_vocab():
+        # a base tokenizer: add Sa2VA's tokens as its training did ([SEG], <p>, </p>, <vp>,
+        # </vp> appended in this order), and grow the embeddings to len(tokenizer)
+        from vesselctl.model.tokenizer import add_sa2va_tokens
+
+        add_sa2va_tokens(tokenizer)
+    rows = max(_embedding_rows(mllm_store, layout), len(tokenizer))
     sam2_store, sam2_layout = _sam2_store(sam2_path)
     sam2 = infer_sam2_config(_native_sam2_shapes(sam2_store, sam2_layout), str(sam2_path))
     if fmt == "internvl_remote":
@@ -1110,6 +1173,8 @@ def read_base_checkpoints(
         [(mllm_store, layout), (sam2_store, sam2_layout)],
         "base",
         allow_missing=("text_hidden_fcs.",),
+        growable=EMBEDDING_KEYS,
+        tied_lm_head=_declares_tied(data),
     )
 
 
@@ -1188,6 +1253,12 @@ class MergedWeights:
             raise CheckpointError(
                 f"parameter {key} is in neither the base model nor the training checkpoint"
             )
+        if delta is not None and key in delta.token_rows:
+            import torch
+
+            rows, values = delta.token_rows[key]
+            index = torch.tensor(rows, dtype=torch.long)
+            weight = weight.index_copy(0, index, values.to(weight.dtype))
         if delta is not None and self.merge_lora and key in delta.lora:
             lora_a, lora_b = delta.lora[key]
             spec = delta.lora_spec
@@ -1218,8 +1289,14 @@ def merged_weights(
             f"{trained.path}: is a {trained.family} checkpoint but the base model is "
             f"{base.config.family}; pass the base the run was trained from"
         )
+    indices = trained.meta.get("trainable_token_indices") if trained.meta else None
     delta = build_delta(
-        trained.tensors, trained.layout, str(trained.path), base.expected, trained.lora_spec
+        trained.tensors,
+        trained.layout,
+        str(trained.path),
+        base.expected,
+        trained.lora_spec,
+        indices if isinstance(indices, dict) else None,
     )
     missing = [k for k in base.expected if k not in base.pieces and k not in delta.replacements]
     if missing:
@@ -1289,16 +1366,80 @@ def resolve_base(
             return read_model_source(Path(recorded["model_dir"]))
         if kind == "base" and recorded.get("mllm_dir") and recorded.get("sam2_dir"):
             return read_base_checkpoints(Path(recorded["mllm_dir"]), Path(recorded["sam2_dir"]))
+        if kind == "preset":
+            return rebuild_preset_base(trained, recorded)
         raise CheckpointError(
             f"{trained.path / TRAINABLE_META}: the run started from model source kind "
-            f"'{kind}' (e.g. a random-weight preset), whose weights are not on disk; pass "
-            "--base DIR with the weights training started from"
+            f"'{kind}', whose weights cannot be found; pass --base DIR with the weights "
+            "training started from"
         )
     raise CheckpointError(
         f"{trained.path}: a training checkpoint holds only the trained weights; pass the model "
         "it was trained from with --base DIR (official Sa2VA HF export or vesselctl model) or "
         "--mllm DIR --sam2 PATH"
     )
+
+
+def run_seed(step_dir: Path) -> int | None:
+    """The seed a vesselctl training run used: trainable.json's ``seed``, else the run folder's
+    resolved ``settings.yaml`` (``<run>/checkpoints/step_N`` -> ``<run>/settings.yaml``)."""
+    import yaml
+
+    meta_path = Path(step_dir) / TRAINABLE_META
+    if meta_path.is_file():
+        seed = read_json(meta_path).get("seed")
+        if isinstance(seed, int):
+            return seed
+    settings_path = Path(step_dir).parent.parent / "settings.yaml"
+    if settings_path.is_file():
+        try:
+            data = yaml.safe_load(settings_path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise CheckpointError(
+                f"{settings_path}: cannot read the run's settings ({exc})"
+            ) from exc
+        if isinstance(data, dict) and isinstance(data.get("seed"), int):
+            return int(data["seed"])
+    return None
+
+
+def rebuild_preset_base(trained: TrainedCheckpoint, recorded: dict[str, Any]) -> NativeSource:
+    """The random-weight preset a run started from, rebuilt exactly as `train` built it.
+
+    `train` seeds torch with the run's seed and then builds the model on the CPU, so the same
+    seed and preset give the same initial weights (same torch version). The result is marked in
+    the key accounting so the model card says where the frozen weights came from.
+    """
+    import torch
+
+    from vesselctl.model.load import load_model
+    from vesselctl.settings.model import ModelSourceSettings
+
+    seed = run_seed(trained.path)
+    if seed is None:
+        raise CheckpointError(
+            f"{trained.path}: the run trained a random-weight preset "
+            f"('{recorded.get('preset')}') but its seed is in neither {TRAINABLE_META} nor "
+            "the run folder's settings.yaml; pass --base DIR with the weights it started from"
+        )
+    # fp32 on the CPU with PyTorch attention: neither changes the random initialisation
+    source = ModelSourceSettings.model_validate(
+        {
+            **recorded,
+            "dtype": "float32",
+            "attn_implementation": "sdpa",
+            "gradient_checkpointing": False,
+        }
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model, processor = load_model(source)
+    origin = f"preset '{source.preset}' rebuilt with seed {seed}"
+    state = {k: v.detach() for k, v in model.state_dict().items()}
+    store = TensorStore.from_dict(state, origin, [])
+    native = _finish(model.config, processor.tokenizer, [(store, "vesselctl")], "preset")
+    native.processor = processor
+    return native
 
 
 # ----------------------------------------------------------------------------------------------

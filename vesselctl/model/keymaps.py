@@ -185,6 +185,18 @@ INTERNVL_REMOTE_RULES: tuple[Rule, ...] = (
     Rule("language_model.model.{rest}", ("model.language_model.{rest}",)),
 )
 
+# Native InternVLForConditionalGeneration as transformers saves it (and the Hub's ``-hf`` repos
+# store it): the pre-5.x layout ``language_model.model.*`` / ``vision_tower.*`` /
+# ``multi_modal_projector.*`` / ``language_model.lm_head``; in-memory names are accepted too.
+INTERNVL_HF_RULES: tuple[Rule, ...] = (
+    Rule("model.{rest}", ("model.{rest}",)),
+    Rule("lm_head.{p}", ("lm_head.{p}",)),
+    Rule("language_model.model.{rest}", ("model.language_model.{rest}",)),
+    Rule("language_model.lm_head.{p}", ("lm_head.{p}",)),
+    Rule("vision_tower.{rest}", ("model.vision_tower.{rest}",)),
+    Rule("multi_modal_projector.{rest}", ("model.multi_modal_projector.{rest}",)),
+)
+
 # InternLM2-based Sa2VA (8B/26B) has no native transformers class; these keys identify it.
 INTERNLM2_MARKERS = (
     "language_model.model.tok_embeddings.",
@@ -383,7 +395,7 @@ LAYOUTS: dict[str, tuple[Section, ...]] = {
     "sa2va_train_qwen": (_SAM2_IN_SA2VA, _FCS, Section("mllm.model.", QWEN2_5_VL_RULES, "mllm.")),
     # base checkpoints
     "internvl_remote": (Section("", INTERNVL_REMOTE_RULES, "mllm."),),
-    "internvl_native": (Section("", IDENTITY_RULES, "mllm."),),
+    "internvl_native": (Section("", INTERNVL_HF_RULES, "mllm."),),
     "qwen2_5_vl": (Section("", QWEN2_5_VL_RULES, "mllm."),),
     "sam2_original": (Section("", SAM2_RULES, "sam2."),),
     "sam2_native": (Section("", IDENTITY_RULES, "sam2."),),
@@ -446,6 +458,7 @@ _PEFT_SUFFIXES: tuple[tuple[re.Pattern[str], str], ...] = (
         "modules_to_save",
     ),
     (re.compile(r"^(?P<base>.+)\.original_module\.(?P<p>.+)$"), "original_module"),
+    (re.compile(r"^(?P<base>.+)\.token_adapter\.base_layer\.(?P<p>.+)$"), "base_layer"),
     (re.compile(r"^(?P<base>.+)\.base_layer\.(?P<p>.+)$"), "base_layer"),
     (
         re.compile(

@@ -243,6 +243,8 @@ def _accounting(base: Any, delta: Any) -> list[dict[str, Any]]:
                 "dropped": reasons,
                 "unmapped": len(report.unmapped),
                 "unexpected": len(report.unexpected),
+                "resized": {k: list(v) for k, v in report.resized.items()},
+                "tied_copies": dict(report.aliased),
             }
         )
     return rows
@@ -426,6 +428,11 @@ def model_card(result: ConvertResult, settings: ConvertSettings) -> str:
             f"| `{row['source']}` | {row['mapped']} | {dropped} | {row['unmapped']} | "
             f"{row['unexpected']} |"
         )
+    for row in result.key_accounting:
+        for key, (found, grown) in row["resized"].items():
+            lines.append(f"- `{key}`: {found} rows in the base, grown to {grown} (mean row)")
+        for key, source in row["tied_copies"].items():
+            lines.append(f"- `{key}`: tied to `{source}` in the source; written as an untied copy")
     lines += ["", "## Verification", ""]
     if result.verify is None:
         lines.append("Not run (verify.enabled was false).")

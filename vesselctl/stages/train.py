@@ -86,13 +86,8 @@ def run(settings: TrainSettings) -> TrainResult:
     import torch
 
     from vesselctl.training.data import KeyedDataset, SeededCollate, SegDataset, StepBatchSampler
-    from vesselctl.training.deepspeed import deepspeed_config, write_deepspeed_config
-    from vesselctl.training.engine import (
-        DeepSpeedEngine,
-        TorchEngine,
-        adamw_param_groups,
-        warmup_cosine,
-    )
+    from vesselctl.training.deepspeed import write_deepspeed_config
+    from vesselctl.training.engine import build_engine
     from vesselctl.training.logs import RunLog
     from vesselctl.training.loop import LoopConfig, TrainingLoop, seed_everything
     from vesselctl.training.trainable import SA2VA_NEW_TOKENS, apply_trainable
@@ -170,46 +165,15 @@ def run(settings: TrainSettings) -> TrainResult:
         generator=torch.Generator().manual_seed(settings.seed),
     )
 
-    # 7. Optimiser, schedule and engine. Torch strategies keep what trains in fp32 and use
-    #    autocast; DeepSpeed keeps fp32 master copies itself and runs the module in bf16.
-    uses_deepspeed = strategy in ("zero2", "zero3")
-    if not uses_deepspeed:
-        for param in model.parameters():
-            if param.requires_grad and param.dtype != torch.float32:
-                param.data = param.data.float()
-        model.to(device)
-    optimizer = torch.optim.AdamW(
-        adamw_param_groups(model, optim.weight_decay), lr=optim.lr, betas=tuple(optim.betas)
-    )
-    warmup_steps = math.ceil(optim.warmup_ratio * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(total_steps, warmup_steps, optim.min_lr_ratio)
-    )
+    # 7. Optimiser, schedule and engine (see training/engine.py for what each strategy keeps in
+    #    which precision).
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_resolved_settings(settings, run_dir)
-    if uses_deepspeed:
-        ds_config = deepspeed_config(
-            settings, 3 if strategy == "zero3" else 2, dist.world_size, bf16
-        )
-        if dist.is_main:
-            write_deepspeed_config(ds_config, run_dir)
-        engine: Any = DeepSpeedEngine(model, optimizer, scheduler, ds_config)
-        batch_dtype = torch.bfloat16 if bf16 else None
-        autocast_dtype = None
-    else:
-        engine = TorchEngine(
-            model,
-            optimizer,
-            scheduler,
-            device,
-            optim.accumulation,
-            optim.grad_clip,
-            ddp=dist.is_distributed,
-            autocast_dtype=torch.bfloat16 if bf16 else None,
-        )
-        batch_dtype = None
-        autocast_dtype = torch.bfloat16 if bf16 else None
+    built = build_engine(model, settings, strategy, dist.world_size, device, bf16, total_steps)
+    engine, batch_dtype, autocast_dtype = built.engine, built.batch_dtype, built.autocast_dtype
+    if built.deepspeed_config is not None and dist.is_main:
+        write_deepspeed_config(built.deepspeed_config, run_dir)
 
     # 8. Logs (rank 0 only) and the loop; resume restores weights, optimiser, RNG, position.
     log = RunLog(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from vesselctl.model.batch import Sa2VABatch, Sa2VAOutput
+from vesselctl.settings.train import TrainSettings
 
 LossCheck = Callable[[Sa2VAOutput], None]
 
@@ -157,6 +159,26 @@ class TorchEngine:
         self.scheduler.load_state_dict(state["scheduler"])
 
 
+def _single_process_group() -> None:
+    """DeepSpeed needs a process group even for one process; without launcher variables it
+    would go looking for MPI. Start a one-process group on a free local port."""
+    import os
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for name, value in (
+        ("RANK", "0"),
+        ("LOCAL_RANK", "0"),
+        ("WORLD_SIZE", "1"),
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", str(port)),
+    ):
+        os.environ.setdefault(name, value)
+    torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+
+
 class DeepSpeedEngine:
     """DeepSpeed ZeRO-2/3: it owns accumulation, clipping, bf16 master weights and stepping."""
 
@@ -169,6 +191,8 @@ class DeepSpeedEngine:
     ) -> None:
         import deepspeed
 
+        if not torch.distributed.is_initialized():
+            _single_process_group()
         # The loss-only wrapper again: ZeRO-3 hooks find tensors in a module's outputs, not in
         # dataclasses; checkpoints and exports use the inner model's names (self.module).
         self._wrapper = _LossOnly(model)
@@ -228,3 +252,63 @@ class DeepSpeedEngine:
         import deepspeed
 
         return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+
+@dataclass
+class BuiltEngine:
+    """An engine plus the dtypes the loop needs: batches are cast to ``batch_dtype`` (DeepSpeed
+    runs the module in bf16) and forwards run under ``autocast_dtype`` (torch strategies)."""
+
+    engine: TorchEngine | DeepSpeedEngine
+    batch_dtype: torch.dtype | None
+    autocast_dtype: torch.dtype | None
+    deepspeed_config: dict | None
+
+
+def build_engine(
+    model: nn.Module,
+    settings: TrainSettings,
+    strategy: str,
+    world_size: int,
+    device: torch.device,
+    bf16: bool,
+    total_steps: int,
+) -> BuiltEngine:
+    """AdamW + warm-up/cosine schedule + the engine for ``strategy``.
+
+    Torch strategies keep what trains in fp32 (the frozen rest stays in its dtype) and run the
+    forward under bf16 autocast on CUDA; DeepSpeed casts the module to bf16 and keeps fp32
+    master copies of what trains in its optimiser.
+    """
+    from vesselctl.training.deepspeed import deepspeed_config
+
+    optim = settings.optim
+    uses_deepspeed = strategy in ("zero2", "zero3")
+    if not uses_deepspeed:
+        for param in model.parameters():
+            if param.requires_grad and param.dtype != torch.float32:
+                param.data = param.data.float()
+        model.to(device)
+    optimizer = torch.optim.AdamW(
+        adamw_param_groups(model, optim.weight_decay), lr=optim.lr, betas=tuple(optim.betas)
+    )
+    warmup_steps = math.ceil(optim.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(total_steps, warmup_steps, optim.min_lr_ratio)
+    )
+    if uses_deepspeed:
+        config = deepspeed_config(settings, 3 if strategy == "zero3" else 2, world_size, bf16)
+        engine = DeepSpeedEngine(model, optimizer, scheduler, config)
+        return BuiltEngine(engine, torch.bfloat16 if bf16 else None, None, config)
+    autocast = torch.bfloat16 if bf16 else None
+    torch_engine = TorchEngine(
+        model,
+        optimizer,
+        scheduler,
+        device,
+        optim.accumulation,
+        optim.grad_clip,
+        ddp=world_size > 1,
+        autocast_dtype=autocast,
+    )
+    return BuiltEngine(torch_engine, None, autocast, None)
