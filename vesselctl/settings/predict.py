@@ -25,6 +25,12 @@ class InferenceSettings(Section):
     threshold: float = Field(
         0.5, gt=0.0, lt=1.0, description="Probability above which a pixel is vessel."
     )
+    workers: int | None = Field(
+        None,
+        ge=0,
+        description="Processes that read and preprocess images beside the model (default: none "
+        "on the CPU, up to 8 per GPU).",
+    )
     hflip_tta: bool = Field(
         False, description="Also predict the mirrored image and average the probabilities."
     )

@@ -40,10 +40,14 @@ _stderr = Console(stderr=True)
 
 @dataclass(frozen=True)
 class PredictItem:
-    """One input image: the id its outputs are named by, and where it is read from."""
+    """One input image: the id its outputs are named by, and where it is read from.
+
+    ``array`` (H x W x 3 uint8) stands in for the file when the image is already in memory.
+    """
 
     id: str
-    path: Path
+    path: Path | None
+    array: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -235,6 +239,16 @@ def load_predictor(
     return model, processor
 
 
+def _forward(model: Any, batch: Any, device: Any, dtype: Any) -> list[np.ndarray]:
+    """One teacher-forced pass; per view, its probability map (float32, crop-sized)."""
+    import torch
+
+    batch = batch.to(device, dtype)
+    with torch.inference_mode():
+        out = model.predict_probabilities(batch)
+    return [p[0].float().cpu().numpy() for p in out]
+
+
 def run_views(
     model: Any,
     processor: Any,
@@ -244,10 +258,8 @@ def run_views(
     device: Any,
     dtype: Any,
 ) -> tuple[list[np.ndarray], int]:
-    """Probabilities for each crop, in batches; on CUDA out-of-memory the batch is halved.
-
-    Returns the probability maps (float32, crop-sized) and the batch size that worked.
-    """
+    """Probabilities for each crop, processed here in batches; on CUDA out-of-memory the batch
+    is halved. Returns the probability maps and the batch size that worked."""
     import torch
 
     from vesselctl.model.batch import SegSample
@@ -258,9 +270,7 @@ def run_views(
         chunk = crops[start : start + batch_size]
         samples = [SegSample(f"view{start + i}", c, [prompt]) for i, c in enumerate(chunk)]
         try:
-            batch = processor(samples, train=False).to(device, dtype)
-            with torch.inference_mode():
-                out = model.predict_probabilities(batch)
+            probs.extend(_forward(model, processor(samples, train=False), device, dtype))
         except torch.cuda.OutOfMemoryError as exc:
             torch.cuda.empty_cache()
             if batch_size == 1:
@@ -271,9 +281,139 @@ def run_views(
             batch_size = max(1, batch_size // 2)
             _stderr.print(f"out of GPU memory: batch size halved to {batch_size}")
             continue
-        probs.extend(p[0].float().cpu().numpy() for p in out)
         start += len(chunk)
     return probs, batch_size
+
+
+@dataclass
+class LoadedImage:
+    """One image read by a loader worker: its views, or why it could not be read."""
+
+    item: PredictItem
+    image: np.ndarray | None
+    views: list[View]
+    error: str | None = None
+
+
+class ImageViewsDataset:
+    """Reads image i and cuts its views (a map-style dataset for torch's DataLoader).
+
+    Reading, tiling and the processor run in loader worker processes so the GPU never waits for
+    the CPU (the processor's resizing costs tens of milliseconds per image).
+    """
+
+    def __init__(self, items: Sequence[PredictItem], settings: PredictSettings) -> None:
+        self.items, self.settings = list(items), settings
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> LoadedImage:
+        item = self.items[index]
+        try:
+            image = item.array if item.array is not None else load_rgb(Path(str(item.path)))
+        except DatasetError as exc:
+            return LoadedImage(item, None, [], str(exc))
+        return LoadedImage(item, image, image_views(0, *image.shape[:2], self.settings))
+
+
+class CollateViews:
+    """Turns a list of LoadedImage into (model batch of all their views, the images).
+
+    A top-level class (not a closure) so loader workers can pickle it.
+    """
+
+    def __init__(self, processor: Any, prompt: str) -> None:
+        self.processor, self.prompt = processor, prompt
+
+    def crops(self, loaded: Sequence[LoadedImage]) -> list[np.ndarray]:
+        crops = []
+        for entry in loaded:
+            for view in entry.views:
+                y0, x0, y1, x1 = view.box
+                crop = entry.image[y0:y1, x0:x1]  # type: ignore[index]
+                crops.append(np.ascontiguousarray(crop[:, ::-1] if view.flipped else crop))
+        return crops
+
+    def __call__(self, loaded: list[LoadedImage]) -> tuple[Any, list[LoadedImage]]:
+        from vesselctl.model.batch import SegSample
+
+        crops = self.crops(loaded)
+        if not crops:
+            return None, loaded
+        samples = [SegSample(f"view{i}", c, [self.prompt]) for i, c in enumerate(crops)]
+        return self.processor(samples, train=False), loaded
+
+
+def resolve_workers(settings: PredictSettings, device: Any, world: int) -> int:
+    """Loader workers: the setting, else none on the CPU (the model needs the cores) and up to
+    8 per GPU process on a GPU machine."""
+    if settings.inference.workers is not None:
+        return settings.inference.workers
+    if getattr(device, "type", str(device)) != "cuda":
+        return 0
+    import os
+
+    return max(1, min(8, (os.cpu_count() or 2) // max(world, 1) - 1))
+
+
+def predict_loader(
+    items: Sequence[PredictItem], processor: Any, settings: PredictSettings, workers: int
+) -> Any:
+    """The DataLoader yielding (batch, images) groups of ``inference.batch_size`` images."""
+    import torch
+
+    return torch.utils.data.DataLoader(
+        ImageViewsDataset(items, settings),
+        batch_size=settings.inference.batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=CollateViews(processor, settings.prompt),
+        pin_memory=False,
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
+
+
+def predict_group(
+    model: Any,
+    processor: Any,
+    batch: Any,
+    loaded: Sequence[LoadedImage],
+    settings: PredictSettings,
+    device: Any,
+    dtype: Any,
+) -> list[np.ndarray]:
+    """Probability maps (original size) of the readable images of one loader group.
+
+    On CUDA out-of-memory the group's views are run again here in smaller batches.
+    """
+    import torch
+
+    readable = [entry for entry in loaded if entry.image is not None]
+    try:
+        probs = _forward(model, batch, device, dtype)
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        crops = CollateViews(processor, settings.prompt).crops(readable)
+        half = max(1, len(crops) // 2)
+        _stderr.print(f"out of GPU memory: this group runs again in batches of {half}")
+        probs, _ = run_views(model, processor, crops, settings.prompt, half, device, dtype)
+    maps, offset = [], 0
+    for entry in readable:
+        n = len(entry.views)
+        height, width = entry.image.shape[:2]  # type: ignore[union-attr]
+        maps.append(
+            stitch(
+                entry.views,
+                probs[offset : offset + n],
+                height,
+                width,
+                settings.inference.tile_overlap,
+            )
+        )
+        offset += n
+    return maps
 
 
 def stitch(
@@ -321,11 +461,11 @@ def write_outputs(
     if settings.output.overlays:
         atomic_write_bytes(out / "overlays" / f"{item.id}.png", encode_png(overlay(image, mask)))
     # The mask is written last: its presence marks the image as done for --skip-existing.
-    atomic_write_bytes(out / "masks" / f"{item.id}.png", encode_png(mask.astype(np.uint8) * 255))
+    atomic_write_bytes(out / "masks" / f"{item.id}.png", encode_png(mask.astype(np.uint8) * 255, kind="mask"))
     area = int(mask.sum())
     return {
         "id": item.id,
-        "source": str(item.path),
+        "source": str(item.path) if item.path is not None else None,
         "height": int(mask.shape[0]),
         "width": int(mask.shape[1]),
         "mask_area": area,
@@ -366,6 +506,68 @@ def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 # --- the stage ------------------------------------------------------------------------------------
 
 
+def predict_items(
+    model: Any,
+    processor: Any,
+    items: Sequence[PredictItem],
+    settings: PredictSettings,
+    out: Path,
+    device: Any,
+    dtype: Any,
+    workers: int,
+    result: PredictResult,
+    log: Any = None,
+    progress: Any = None,
+) -> list[dict[str, Any]]:
+    """Predict ``items`` and write their files; returns their predictions.jsonl records.
+
+    Loader workers read and preprocess the next groups while the model runs on this one, and a
+    small thread pool encodes and writes PNGs (PNG encoding releases the GIL), so neither the
+    CPU side nor the disk holds the GPU up. Unreadable images go to ``result.failures``.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    records: list[dict[str, Any]] = []
+    pending: list[tuple[Future, float]] = []
+
+    def finish(future: Future, per_image_s: float) -> None:
+        record = future.result()
+        record["time_s"] = round(per_image_s, 4)
+        if log is not None:
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+        records.append(record)
+        result.predicted += 1
+        if progress is not None:
+            progress.advance()
+
+    loader = predict_loader(items, processor, settings, workers)
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="vesselctl-write") as writer:
+        for batch, loaded in loader:
+            for entry in loaded:
+                if entry.error is not None:
+                    failure = {"id": entry.item.id, "path": str(entry.item.path)}
+                    result.failures.append({**failure, "error": entry.error})
+                    if progress is not None:
+                        progress.advance()
+            if batch is None:
+                continue
+            t0 = time.perf_counter()
+            maps = predict_group(model, processor, batch, loaded, settings, device, dtype)
+            readable = [entry for entry in loaded if entry.image is not None]
+            per_image_s = (time.perf_counter() - t0) / len(readable)
+            for entry, prob in zip(readable, maps, strict=True):
+                future = writer.submit(write_outputs, out, entry.item, entry.image, prob, settings)
+                pending.append((future, per_image_s))
+            # Keep at most two groups of files in flight, so memory stays bounded.
+            while len(pending) > 2 * settings.inference.batch_size:
+                finish(*pending.pop(0))
+        for future, per_image_s in pending:
+            finish(future, per_image_s)
+    result.batch_size = settings.inference.batch_size
+    return records
+
+
 def run(settings: PredictSettings) -> PredictResult:
     """Predict every input image and write masks, probabilities, overlays and predictions.jsonl."""
     from vesselctl.training.launch import launcher_env
@@ -390,60 +592,19 @@ def run(settings: PredictSettings) -> PredictResult:
     device, dtype = resolve_device_and_dtype(settings)
     model, processor = load_predictor(settings, out, device, dtype)
 
-    # 3. Predict group by group; each image's files are written as soon as it is stitched.
+    # 3. Predict and write every image (loader workers read, a thread pool writes).
     result = PredictResult(out_dir=out, skipped=len(done), device=str(device))
-    batch_size = settings.inference.batch_size
     log_path = out / (PREDICTIONS_NAME if world == 1 else f".predictions.rank{rank}.jsonl")
-    records = list(done.values())
-    started = time.perf_counter()
     progress = _progress(settings, len(todo), rank)
+    workers = resolve_workers(settings, device, world)
+    started = time.perf_counter()
     with open(log_path, "a", encoding="utf-8") as log:
-        for group in chunks(todo, settings.inference.batch_size):
-            images, views, group_items = [], [], []
-            for item in group:
-                try:
-                    image = load_rgb(item.path)
-                except DatasetError as exc:
-                    result.failures.append(
-                        {"id": item.id, "path": str(item.path), "error": str(exc)}
-                    )
-                    progress.advance()
-                    continue
-                index = len(images)
-                images.append(image)
-                group_items.append(item)
-                views.extend(image_views(index, *image.shape[:2], settings))
-            if not images:
-                continue
-            crops = []
-            for view in views:
-                y0, x0, y1, x1 = view.box
-                crop = images[view.image_index][y0:y1, x0:x1]
-                crops.append(np.ascontiguousarray(crop[:, ::-1] if view.flipped else crop))
-            t0 = time.perf_counter()
-            probs, batch_size = run_views(
-                model, processor, crops, settings.prompt, batch_size, device, dtype
-            )
-            per_image_s = (time.perf_counter() - t0) / len(images)
-            for index, (item, image) in enumerate(zip(group_items, images, strict=True)):
-                mine = [i for i, v in enumerate(views) if v.image_index == index]
-                prob = stitch(
-                    [views[i] for i in mine],
-                    [probs[i] for i in mine],
-                    image.shape[0],
-                    image.shape[1],
-                    settings.inference.tile_overlap,
-                )
-                record = write_outputs(out, item, image, prob, settings)
-                record["time_s"] = round(per_image_s, 4)
-                log.write(json.dumps(record) + "\n")
-                log.flush()
-                records.append(record)
-                result.predicted += 1
-                progress.advance()
+        records = predict_items(
+            model, processor, todo, settings, out, device, dtype, workers, result, log, progress
+        )
     progress.close()
     result.seconds = time.perf_counter() - started
-    result.batch_size = batch_size
+    records = list(done.values()) + records
 
     # 4. Merge rank logs, then describe the run. result.json is written last: it marks completion.
     if world > 1:
