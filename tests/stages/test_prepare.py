@@ -316,3 +316,12 @@ def test_group_pattern_must_match_every_file_name(tmp_path):
     with pytest.raises(DatasetError, match=r"1 file name\(s\) do not match.*scan7.json"):
         prepare.run(settings(src, tmp_path / "out", split={"group_pattern": GROUPS}))
     assert not (tmp_path / "out").exists()
+
+
+def test_progress_bar_and_phase_timings(tmp_path, capsys):
+    src = tmp_path / "src"
+    write_labelme_dataset(src, 3, seed=3, sizes=(32,), embed_every=0)
+    prepare.run(settings(src, tmp_path / "out", progress=True, split={"val": 0, "test": 0}))
+    assert "3/3" in capsys.readouterr().out
+    run_info = json.loads((tmp_path / "out" / "run_info.json").read_text())
+    assert set(run_info["timings_s"]) == {"discover_s", "process_s", "describe_s", "sync_s"}
