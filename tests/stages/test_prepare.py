@@ -325,3 +325,29 @@ def test_progress_bar_and_phase_timings(tmp_path, capsys):
     assert "3/3" in capsys.readouterr().out
     run_info = json.loads((tmp_path / "out" / "run_info.json").read_text())
     assert set(run_info["timings_s"]) == {"discover_s", "process_s", "describe_s", "sync_s"}
+
+
+def test_exif_rotated_jpeg_lines_up_with_its_annotation(tmp_path):
+    from PIL import Image
+
+    src = tmp_path / "src"
+    src.mkdir()
+    # Stored 40 wide x 20 high, shown (EXIF orientation 6) 20 wide x 40 high; dark top band.
+    shown = np.full((40, 20), 220, np.uint8)
+    shown[:10] = 20
+    stored = Image.fromarray(np.rot90(shown, k=1))  # undo a 90-degree clockwise display turn
+    exif = stored.getexif()
+    exif[0x0112] = 6
+    stored.save(src / "rot.jpg", "JPEG", exif=exif.tobytes(), quality=95)
+    shapes = [{"label": "vessel", "points": [[0, 0], [20, 10]], "shape_type": "rectangle"}]
+    doc = labelme_document(shapes, "rot.jpg", 40, 20, None)
+    (src / "rot.json").write_text(json.dumps(doc))
+    out = tmp_path / "out"
+    prepare.run(
+        settings(src, out, resize={"height": None, "width": None}, split={"val": 0, "test": 0})
+    )
+    record = read_manifest(out)[0]
+    image, mask = read_image(out / record.image), read_image(out / record.mask) > 0
+    assert image.shape == mask.shape == (40, 20)
+    assert mask[:10].all() and not mask[10:].any()
+    assert image[:10].mean() < 60 and image[12:].mean() > 180
