@@ -270,6 +270,16 @@ def test_split_reused_on_rerun_with_new_files(tmp_path):
     assert result.split_history["reused"] == 9
     run_info = json.loads((out / "run_info.json").read_text())
     assert run_info["split_history"]["added"] == ["P000_img0010", "P001_img0011"]
+    # A failed re-run keeps splits.json, so the next good run still reuses the split.
+    good_doc = (src / "P001_img0001.json").read_text()
+    (src / "P001_img0001.json").write_text("{")
+    with pytest.raises(DatasetError):
+        prepare.run(settings(src, out, overwrite=True, split=split))
+    assert (out / "splits.json").is_file() and not (out / "manifest.jsonl").exists()
+    (src / "P001_img0001.json").write_text(good_doc)
+    result = prepare.run(settings(src, out, overwrite=True, split=split))
+    assert {r.id: r.split for r in read_manifest(out)} == second
+    assert result.split_source.endswith("splits.json")
     # Other split settings: a fresh split, said so.
     result = prepare.run(settings(src, out, overwrite=True, split={**split, "seed": 9}))
     assert "other split settings" in result.split_source
