@@ -361,3 +361,22 @@ def test_exif_rotated_jpeg_lines_up_with_its_annotation(tmp_path):
     assert image.shape == mask.shape == (40, 20)
     assert mask[:10].all() and not mask[10:].any()
     assert image[:10].mean() < 60 and image[12:].mean() > 180
+
+
+def test_sa2va_polygons_decode_exactly_with_pycocotools(prepared, tmp_path):
+    """The official Sa2VA code decodes annotations.json with pycocotools: check it where present.
+
+    pycocotools is not a vesselctl dependency, so this runs only where it is installed (the
+    training machine); verified with pycocotools 2.0.11.
+    """
+    mask_utils = pytest.importorskip("pycocotools.mask")
+    out, _ = prepared
+    records = {r.id: r for r in read_manifest(out)}
+    checked = 0
+    for split in ("train", "val", "test"):
+        for entry in json.loads((out / "sa2va" / split / "annotations.json").read_text()):
+            truth = read_image(out / records[entry["image"].removesuffix(".png")].mask) > 0
+            decoded = mask_utils.decode(mask_utils.frPyObjects(entry["mask"][0], *truth.shape))
+            assert (decoded.max(axis=2).astype(bool) == truth).all()
+            checked += 1
+    assert checked == 12

@@ -85,8 +85,8 @@ PIXEL_CONVENTION = (
 )
 POLYGON_NOTE = (
     "mask[0] lists one flat polygon per connected vessel region in output pixel coordinates; "
-    "holes are joined to their outline by zero-width bridges, exact under even-odd (parity) "
-    "filling such as pycocotools' polygon decoder; images with an empty mask are left out"
+    "holes are joined to their outline by zero-width bridges; pycocotools decodes them to the "
+    "exact mask; images with an empty mask are left out"
 )
 
 
