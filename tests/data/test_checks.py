@@ -510,7 +510,7 @@ def test_inputs_are_not_modified(tmp_path: Path) -> None:
 def test_pockets_are_exactly_the_doubly_wound_pixels(radii: list[float], centre: tuple) -> None:
     """A star-shaped (simple) ring leaves no pocket; the same ring walked twice leaves every
     pixel it encloses empty under the even-odd rule, which the rasteriser confirms."""
-    from vesselctl.data.checks import _pocket_pixels
+    from vesselctl.data.checks import _pocket_pixels, _pocket_pixels_rings
     from vesselctl.data.masks import fill_rings
 
     angles = np.linspace(0, 2 * np.pi, len(radii), endpoint=False)
@@ -521,3 +521,8 @@ def test_pockets_are_exactly_the_doubly_wound_pixels(radii: list[float], centre:
     enclosed = int(fill_rings([ring], SIZE, SIZE).sum())
     assert _pocket_pixels(np.concatenate([ring, ring]), (SIZE, SIZE)) == enclosed
     assert not fill_rings([np.concatenate([ring, ring])], SIZE, SIZE).any()
+    # Many rings at once give each ring's own count.
+    both = np.concatenate([ring, ring, ring])
+    n = len(ring)
+    counts = _pocket_pixels_rings(both, np.array([0, n]), np.array([n, 2 * n]), (SIZE, SIZE))
+    assert counts.tolist() == [0, enclosed]
