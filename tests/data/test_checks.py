@@ -488,6 +488,19 @@ def test_duplicates_within_and_across_splits() -> None:
     assert find_duplicates(images[2:3] + images[4:]) == []
 
 
+def test_group_in_two_splits_is_leakage() -> None:
+    from vesselctl.data.checks import find_group_leakage
+
+    records = [("a.png", "train", "P1"), ("b.png", "test", "P1"), ("c.png", "train", "P2")]
+    problems = find_group_leakage(records)
+    assert [(p.file, p.check) for p in problems] == [
+        ("a.png", "split_leakage"),
+        ("b.png", "split_leakage"),
+    ]
+    assert "group 'P1' also has images in test" in problems[0].found
+    assert find_group_leakage(records[:1] + records[2:]) == []
+
+
 def test_every_check_has_a_severity_and_problems_reject_unknown_ids() -> None:
     assert {c.severity for c in CHECKS.values()} == {"error", "warning"}
     with pytest.raises(ValueError, match="unknown check id"):

@@ -126,6 +126,19 @@ def test_prepared_dataset_leakage_and_duplicates(tmp_path: Path) -> None:
     assert result.stats["shapes_by_label"] == {"hole": 3, "vessel": 3}
 
 
+def test_prepared_dataset_group_leakage(tmp_path: Path) -> None:
+    make_prepared_dataset(tmp_path, splits=("train", "train", "test"))
+    lines = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    for record, group in zip(lines, ["P1", "P2", "P1"], strict=True):
+        record["group"] = group
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    result = stage.run(settings_for(tmp_path))
+    assert {(p.file, p.check) for p in result.problems} == {
+        ("images/p0.png", "split_leakage"),
+        ("images/p2.png", "split_leakage"),
+    }
+
+
 def test_mask_folder_is_detected(tmp_path: Path) -> None:
     make_mask_folder(tmp_path)
     result = stage.run(settings_for(tmp_path))

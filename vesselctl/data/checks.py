@@ -499,6 +499,31 @@ def find_duplicates(images: Iterable[HashedImage]) -> list[Problem]:
     return problems
 
 
+def find_group_leakage(records: Iterable[tuple[str, str, str]]) -> list[Problem]:
+    """Groups (e.g. patients, from prepare's ``split.group_pattern``) whose images sit in more
+    than one split: ``records`` are (file, split, group) of a prepared dataset."""
+    splits_of: dict[str, set[str]] = defaultdict(set)
+    records = list(records)
+    for _, split, group in records:
+        splits_of[group].add(split)
+    problems = []
+    for file, split, group in records:
+        splits = splits_of[group]
+        if len(splits) > 1:
+            problems.append(
+                Problem(
+                    file,
+                    "split_leakage",
+                    f"the image is in split '{split}' but its group '{group}' also has images in "
+                    + ", ".join(sorted(splits - {split})),
+                    "every group (e.g. patient) in exactly one split",
+                    "re-run `vesselctl prepare` into a fresh folder (it splits by group); do "
+                    "not edit manifest.jsonl or splits.json by hand",
+                )
+            )
+    return problems
+
+
 def pixel_digest(image: np.ndarray) -> str:
     """Hash of decoded pixels (shape and dtype included): a PNG and a TIFF of one image match."""
     import hashlib

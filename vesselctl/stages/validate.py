@@ -105,12 +105,16 @@ def run(settings: ValidateSettings, progress: Progress | None = None) -> Validat
     # 2. Per-file checks, spread over processes; results come back in input order.
     outcomes = list(_map_files(settings, kind, tasks, progress))
 
-    # 3. Checks across files: identical pixels in two files (leakage when splits differ);
-    #    images in a LabelMe folder that no annotation uses.
+    # 3. Checks across files: identical pixels in two files (leakage when splits differ), one
+    #    group (patient) in two splits, images in a LabelMe folder that no annotation uses.
     problems = [p for outcome in outcomes for p in outcome.problems]
     problems += checks.find_duplicates(
         HashedImage(o.file, o.split, o.digest) for o in outcomes if o.digest is not None
     )
+    if kind == "prepared":
+        problems += checks.find_group_leakage(
+            (r.image, r.split, str(r.extra["group"])) for r in tasks if "group" in r.extra
+        )
     if kind == "labelme":
         problems += checks.find_unannotated_images(
             root, (o.image_file for o in outcomes if o.image_file)
