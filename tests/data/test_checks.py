@@ -488,6 +488,26 @@ def test_duplicates_within_and_across_splits() -> None:
     assert find_duplicates(images[2:3] + images[4:]) == []
 
 
+def test_near_duplicates_skip_exact_copies_and_distinct_images() -> None:
+    from vesselctl.data.checks import Thumbnail, find_near_duplicates, thumbnail
+
+    base = noise_image(1, 64)
+    copies = {
+        "a": base,
+        "b": cv2.GaussianBlur(base, (3, 3), 0),  # re-saved with a little smoothing
+        "c": base.copy(),  # an exact copy: find_duplicates reports it
+        "d": noise_image(2, 64),  # a different image
+    }
+    items = [Thumbnail(k, None, str(hash(v.tobytes())), thumbnail(v)) for k, v in copies.items()]
+    problems = find_near_duplicates(items, 0.9)
+    assert [p.file for p in problems] == ["a", "b", "c"]
+    # a and c are the same pixels: each is near only to b, and b to both.
+    assert problems[0].found.startswith("the image looks like b 0.9")
+    assert problems[2].found.startswith("the image looks like b 0.9")
+    assert "a 0.9" in problems[1].found and "c 0.9" in problems[1].found
+    assert thumbnail(np.full((8, 8), 7, np.uint8)) is None
+
+
 def test_group_in_two_splits_is_leakage() -> None:
     from vesselctl.data.checks import find_group_leakage
 

@@ -65,6 +65,9 @@ CHECKS: dict[str, CheckInfo] = {
         CheckInfo("tiny_mask", "warning", "image has fewer vessel pixels than the threshold"),
         CheckInfo("duplicate_image", "warning", "same image content twice within one split"),
         CheckInfo("split_leakage", "error", "same image content in two different splits"),
+        CheckInfo(
+            "near_duplicate", "warning", "image looks like another one (resized or re-encoded)"
+        ),
         CheckInfo("mask_missing", "error", "the mask of an image is absent"),
         CheckInfo("mask_unreadable", "error", "mask file is truncated or not an image"),
         CheckInfo("mask_not_binary", "error", "mask not one channel of 0/255 (or 0/x as input)"),
@@ -521,6 +524,76 @@ def find_group_leakage(records: Iterable[tuple[str, str, str]]) -> list[Problem]
                     "not edit manifest.jsonl or splits.json by hand",
                 )
             )
+    return problems
+
+
+THUMBNAIL_SIDE = 16
+
+
+def thumbnail(image: np.ndarray) -> np.ndarray | None:
+    """A 16x16 gray thumbnail, zero mean and unit norm, for finding resized or re-encoded copies
+    (None for a flat image, which has no pattern to compare)."""
+    import cv2
+
+    from vesselctl.data.images import to_uint8
+
+    gray = to_uint8(image)
+    if gray.ndim == 3:
+        gray = cv2.cvtColor(gray, cv2.COLOR_RGB2GRAY)
+    side = THUMBNAIL_SIDE
+    small = cv2.resize(gray, (side, side), interpolation=cv2.INTER_AREA).astype(np.float32)
+    small -= small.mean()
+    norm = float(np.linalg.norm(small))
+    return (small / norm).ravel() if norm > 1e-6 else None
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    """One image's thumbnail and content hash: the input to the near-duplicate check."""
+
+    file: str
+    split: str | None
+    digest: str
+    vector: np.ndarray
+
+
+def find_near_duplicates(items: Sequence[Thumbnail], similarity: float) -> list[Problem]:
+    """Images whose thumbnails correlate at least ``similarity`` (Pearson, 16x16 gray) with
+    another image of different pixels: resized, re-encoded or lightly edited copies. Exact
+    copies are left to ``find_duplicates``. Compared in blocks, so memory stays small."""
+    if len(items) < 2:
+        return []
+    vectors = np.stack([t.vector for t in items])
+    digests = np.array([t.digest for t in items])
+    matches: dict[int, list[tuple[int, float]]] = defaultdict(list)
+    block = 1024
+    for begin in range(0, len(items), block):
+        scores = vectors[begin : begin + block] @ vectors.T
+        rows, cols = np.nonzero(scores >= similarity)
+        for row, col in zip(rows.tolist(), cols.tolist(), strict=True):
+            i = begin + row
+            if i != col and digests[i] != digests[col]:
+                matches[i].append((col, float(scores[row, col])))
+    problems = []
+    for i in sorted(matches):
+        item = items[i]
+        others = sorted(matches[i], key=lambda m: -m[1])
+        listed = ", ".join(
+            f"{items[j].file}" + (f" ({items[j].split})" if items[j].split else "") + f" {r:.3f}"
+            for j, r in others[:5]
+        ) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        across = any(items[j].split != item.split for j, _ in others)
+        problems.append(
+            Problem(
+                item.file,
+                "near_duplicate",
+                f"the image looks like {listed} (thumbnail correlation)"
+                + (f"; this one is in split '{item.split}': possible leakage" if across else ""),
+                f"no other image correlating {similarity} or more",
+                "look at both: drop resized or re-saved copies, or keep them in one group; "
+                "raise checks.near_duplicate_similarity if they are distinct images",
+            )
+        )
     return problems
 
 

@@ -35,6 +35,19 @@ class CheckSettings(Section):
             "unfilled (smaller pockets change nothing that matters)."
         ),
     )
+    near_duplicates: bool = Field(
+        False,
+        description=(
+            "Also look for resized or re-encoded copies by comparing 16x16 thumbnails (exact "
+            "copies are always found)."
+        ),
+    )
+    near_duplicate_similarity: float = Field(
+        0.98,
+        gt=0.0,
+        le=1.0,
+        description="Thumbnail correlation from which two images count as near duplicates.",
+    )
     report_twists: bool = Field(
         False,
         description=(

@@ -45,6 +45,7 @@ class FileOutcome:
     stats: ImageStats | None
     overlay_written: bool = False
     image_file: str | None = None  # LabelMe: the image file the annotation uses
+    thumbnail: np.ndarray | None = None  # only when near duplicates are looked for
 
 
 @dataclass
@@ -111,6 +112,15 @@ def run(settings: ValidateSettings, progress: Progress | None = None) -> Validat
     problems += checks.find_duplicates(
         HashedImage(o.file, o.split, o.digest) for o in outcomes if o.digest is not None
     )
+    if settings.checks.near_duplicates:
+        problems += checks.find_near_duplicates(
+            [
+                checks.Thumbnail(o.file, o.split, o.digest, o.thumbnail)
+                for o in outcomes
+                if o.digest is not None and o.thumbnail is not None
+            ],
+            settings.checks.near_duplicate_similarity,
+        )
     if kind == "prepared":
         problems += checks.find_group_leakage(
             (r.image, r.split, str(r.extra["group"])) for r in tasks if "group" in r.extra
@@ -290,6 +300,9 @@ def _check_one(item: tuple[ValidateSettings, Kind, Any, bool]) -> FileOutcome:
         overlay_name = str(Path(file).with_suffix(".png"))
 
     digest = checks.pixel_digest(image) if image is not None else None
+    small = None
+    if image is not None and settings.checks.near_duplicates:
+        small = checks.thumbnail(image)
     stats, overlay_written = None, False
     if image is not None:
         usable_mask = mask if mask is not None and mask.shape[:2] == image.shape[:2] else None
@@ -307,7 +320,7 @@ def _check_one(item: tuple[ValidateSettings, Kind, Any, bool]) -> FileOutcome:
             overlay = draw_overlay(image, usable_mask)
             atomic_write_bytes(Path(settings.overlays) / overlay_name, encode_png(overlay))
             overlay_written = True
-    return FileOutcome(file, split, problems, digest, stats, overlay_written, image_file)
+    return FileOutcome(file, split, problems, digest, stats, overlay_written, image_file, small)
 
 
 def _counts(value: Any) -> dict[str, int]:
