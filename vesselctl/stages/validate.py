@@ -239,8 +239,11 @@ def _map_files(
     # forkserver: workers fork from a clean server process that imported the heavy modules
     # once (about half of spawn's start-up, and safe where fork is not: the parent may run a
     # progress-bar thread and OpenCV's thread pool).
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__, "cv2", "shapely", "skimage.morphology"])
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__, "cv2", "shapely", "skimage.morphology"])
+    else:  # pragma: no cover - Windows has spawn only
+        context = multiprocessing.get_context("spawn")
     chunksize = max(1, min(32, total // (workers * 8)))
     with ProcessPoolExecutor(
         max_workers=workers, mp_context=context, initializer=_worker_init
