@@ -34,14 +34,17 @@ def generate(folder: Path, files: int, size: int, seed: int) -> float:
     return time.perf_counter() - start
 
 
-def time_stage(folder: Path, workers: int, widths: bool, width_images: int) -> dict:
+def time_stage(folder: Path, workers: int, widths: bool, width_images: int | None) -> dict:
+    """One validate run; ``width_images`` None keeps the default (stats.width_images)."""
     from vesselctl.settings.validate import ValidateSettings
     from vesselctl.stages import validate as stage
 
     settings = ValidateSettings(
         path=folder,
         workers=workers,
-        stats={"widths": widths, "width_images": width_images},
+        stats={"widths": widths}
+        if width_images is None
+        else {"widths": widths, "width_images": width_images},
     )
     start, cpu_start = time.perf_counter(), time.process_time()
     result = stage.run(settings)
@@ -52,7 +55,7 @@ def time_stage(folder: Path, workers: int, widths: bool, width_images: int) -> d
     return {
         "workers": workers or len(os.sched_getaffinity(0)),
         "widths": widths,
-        "width_images": width_images,
+        "width_images": settings.stats.width_images,
         "files": result.files,
         "seconds": round(seconds, 3),
         "files_per_s": round(result.files / seconds, 1),
@@ -120,9 +123,9 @@ def main() -> None:
         if not folder.is_dir() or not any(folder.glob("*.json")):
             generated = generate(folder, args.files, args.size, args.seed)
         runs = [
-            time_stage(folder, args.workers, widths=True, width_images=200),
+            time_stage(folder, args.workers, widths=True, width_images=None),
             time_stage(folder, args.workers, widths=True, width_images=0),
-            time_stage(folder, 1, widths=True, width_images=200),
+            time_stage(folder, 1, widths=True, width_images=None),
         ]
         parts = breakdown(folder, args.breakdown)
 

@@ -488,6 +488,39 @@ def test_duplicates_within_and_across_splits() -> None:
     assert find_duplicates(images[2:3] + images[4:]) == []
 
 
+def test_near_duplicates_skip_exact_copies_and_distinct_images() -> None:
+    from vesselctl.data.checks import Thumbnail, find_near_duplicates, thumbnail
+
+    base = noise_image(1, 64)
+    copies = {
+        "a": base,
+        "b": cv2.GaussianBlur(base, (3, 3), 0),  # re-saved with a little smoothing
+        "c": base.copy(),  # an exact copy: find_duplicates reports it
+        "d": noise_image(2, 64),  # a different image
+    }
+    items = [Thumbnail(k, None, str(hash(v.tobytes())), thumbnail(v)) for k, v in copies.items()]
+    problems = find_near_duplicates(items, 0.9)
+    assert [p.file for p in problems] == ["a", "b", "c"]
+    # a and c are the same pixels: each is near only to b, and b to both.
+    assert problems[0].found.startswith("the image looks like b 0.9")
+    assert problems[2].found.startswith("the image looks like b 0.9")
+    assert "a 0.9" in problems[1].found and "c 0.9" in problems[1].found
+    assert thumbnail(np.full((8, 8), 7, np.uint8)) is None
+
+
+def test_group_in_two_splits_is_leakage() -> None:
+    from vesselctl.data.checks import find_group_leakage
+
+    records = [("a.png", "train", "P1"), ("b.png", "test", "P1"), ("c.png", "train", "P2")]
+    problems = find_group_leakage(records)
+    assert [(p.file, p.check) for p in problems] == [
+        ("a.png", "split_leakage"),
+        ("b.png", "split_leakage"),
+    ]
+    assert "group 'P1' also has images in test" in problems[0].found
+    assert find_group_leakage(records[:1] + records[2:]) == []
+
+
 def test_every_check_has_a_severity_and_problems_reject_unknown_ids() -> None:
     assert {c.severity for c in CHECKS.values()} == {"error", "warning"}
     with pytest.raises(ValueError, match="unknown check id"):
@@ -510,7 +543,7 @@ def test_inputs_are_not_modified(tmp_path: Path) -> None:
 def test_pockets_are_exactly_the_doubly_wound_pixels(radii: list[float], centre: tuple) -> None:
     """A star-shaped (simple) ring leaves no pocket; the same ring walked twice leaves every
     pixel it encloses empty under the even-odd rule, which the rasteriser confirms."""
-    from vesselctl.data.checks import _pocket_pixels
+    from vesselctl.data.checks import _pocket_pixels, _pocket_pixels_rings
     from vesselctl.data.masks import fill_rings
 
     angles = np.linspace(0, 2 * np.pi, len(radii), endpoint=False)
@@ -521,3 +554,8 @@ def test_pockets_are_exactly_the_doubly_wound_pixels(radii: list[float], centre:
     enclosed = int(fill_rings([ring], SIZE, SIZE).sum())
     assert _pocket_pixels(np.concatenate([ring, ring]), (SIZE, SIZE)) == enclosed
     assert not fill_rings([np.concatenate([ring, ring])], SIZE, SIZE).any()
+    # Many rings at once give each ring's own count.
+    both = np.concatenate([ring, ring, ring])
+    n = len(ring)
+    counts = _pocket_pixels_rings(both, np.array([0, n]), np.array([n, 2 * n]), (SIZE, SIZE))
+    assert counts.tolist() == [0, enclosed]

@@ -270,6 +270,16 @@ def test_split_reused_on_rerun_with_new_files(tmp_path):
     assert result.split_history["reused"] == 9
     run_info = json.loads((out / "run_info.json").read_text())
     assert run_info["split_history"]["added"] == ["P000_img0010", "P001_img0011"]
+    # A failed re-run keeps splits.json, so the next good run still reuses the split.
+    good_doc = (src / "P001_img0001.json").read_text()
+    (src / "P001_img0001.json").write_text("{")
+    with pytest.raises(DatasetError):
+        prepare.run(settings(src, out, overwrite=True, split=split))
+    assert (out / "splits.json").is_file() and not (out / "manifest.jsonl").exists()
+    (src / "P001_img0001.json").write_text(good_doc)
+    result = prepare.run(settings(src, out, overwrite=True, split=split))
+    assert {r.id: r.split for r in read_manifest(out)} == second
+    assert result.split_source.endswith("splits.json")
     # Other split settings: a fresh split, said so.
     result = prepare.run(settings(src, out, overwrite=True, split={**split, "seed": 9}))
     assert "other split settings" in result.split_source
@@ -316,3 +326,57 @@ def test_group_pattern_must_match_every_file_name(tmp_path):
     with pytest.raises(DatasetError, match=r"1 file name\(s\) do not match.*scan7.json"):
         prepare.run(settings(src, tmp_path / "out", split={"group_pattern": GROUPS}))
     assert not (tmp_path / "out").exists()
+
+
+def test_progress_bar_and_phase_timings(tmp_path, capsys):
+    src = tmp_path / "src"
+    write_labelme_dataset(src, 3, seed=3, sizes=(32,), embed_every=0)
+    prepare.run(settings(src, tmp_path / "out", progress=True, split={"val": 0, "test": 0}))
+    assert "3/3" in capsys.readouterr().out
+    run_info = json.loads((tmp_path / "out" / "run_info.json").read_text())
+    assert set(run_info["timings_s"]) == {"discover_s", "process_s", "describe_s", "sync_s"}
+
+
+def test_exif_rotated_jpeg_lines_up_with_its_annotation(tmp_path):
+    from PIL import Image
+
+    src = tmp_path / "src"
+    src.mkdir()
+    # Stored 40 wide x 20 high, shown (EXIF orientation 6) 20 wide x 40 high; dark top band.
+    shown = np.full((40, 20), 220, np.uint8)
+    shown[:10] = 20
+    stored = Image.fromarray(np.rot90(shown, k=1))  # undo a 90-degree clockwise display turn
+    exif = stored.getexif()
+    exif[0x0112] = 6
+    stored.save(src / "rot.jpg", "JPEG", exif=exif.tobytes(), quality=95)
+    shapes = [{"label": "vessel", "points": [[0, 0], [20, 10]], "shape_type": "rectangle"}]
+    doc = labelme_document(shapes, "rot.jpg", 40, 20, None)
+    (src / "rot.json").write_text(json.dumps(doc))
+    out = tmp_path / "out"
+    prepare.run(
+        settings(src, out, resize={"height": None, "width": None}, split={"val": 0, "test": 0})
+    )
+    record = read_manifest(out)[0]
+    image, mask = read_image(out / record.image), read_image(out / record.mask) > 0
+    assert image.shape == mask.shape == (40, 20)
+    assert mask[:10].all() and not mask[10:].any()
+    assert image[:10].mean() < 60 and image[12:].mean() > 180
+
+
+def test_sa2va_polygons_decode_exactly_with_pycocotools(prepared, tmp_path):
+    """The official Sa2VA code decodes annotations.json with pycocotools: check it where present.
+
+    pycocotools is not a vesselctl dependency, so this runs only where it is installed (the
+    training machine); verified with pycocotools 2.0.11.
+    """
+    mask_utils = pytest.importorskip("pycocotools.mask")
+    out, _ = prepared
+    records = {r.id: r for r in read_manifest(out)}
+    checked = 0
+    for split in ("train", "val", "test"):
+        for entry in json.loads((out / "sa2va" / split / "annotations.json").read_text()):
+            truth = read_image(out / records[entry["image"].removesuffix(".png")].mask) > 0
+            decoded = mask_utils.decode(mask_utils.frPyObjects(entry["mask"][0], *truth.shape))
+            assert (decoded.max(axis=2).astype(bool) == truth).all()
+            checked += 1
+    assert checked == 12

@@ -108,6 +108,23 @@ def test_duplicates_in_a_labelme_folder_and_leakage_between_split_folders(tmp_pa
     assert ("test/img0.json", "split_leakage") in checks
 
 
+def test_resized_copy_is_a_near_duplicate_only_when_asked(tmp_path: Path) -> None:
+    """The story behind vesselctl: images rescaled by hand next to their originals."""
+    make_labelme_dataset(tmp_path / "train", count=2)
+    make_labelme_dataset(tmp_path / "test", count=1, first_seed=10)
+    original = cv2.imread(str(tmp_path / "train/img0.png"), cv2.IMREAD_GRAYSCALE)
+    bigger = cv2.resize(original, (2 * SIZE, 2 * SIZE), interpolation=cv2.INTER_CUBIC)
+    cv2.imwrite(str(tmp_path / "test/img0.png"), bigger)
+    edit_json(tmp_path / "test/img0.json", lambda d: d.update(imageHeight=64, imageWidth=64))
+    assert stage.run(settings_for(tmp_path)).problems == []
+    result = stage.run(settings_for(tmp_path, checks={"near_duplicates": True}))
+    assert {(p.file, p.check) for p in result.problems} == {
+        ("test/img0.json", "near_duplicate"),
+        ("train/img0.json", "near_duplicate"),
+    }
+    assert "possible leakage" in result.problems[0].found
+
+
 def test_prepared_dataset_leakage_and_duplicates(tmp_path: Path) -> None:
     make_prepared_dataset(tmp_path, splits=("train", "train", "test"))
     assert stage.run(settings_for(tmp_path)).problems == []
@@ -124,6 +141,19 @@ def test_prepared_dataset_leakage_and_duplicates(tmp_path: Path) -> None:
         ("images/p2.png", "split_leakage"),
     }
     assert result.stats["shapes_by_label"] == {"hole": 3, "vessel": 3}
+
+
+def test_prepared_dataset_group_leakage(tmp_path: Path) -> None:
+    make_prepared_dataset(tmp_path, splits=("train", "train", "test"))
+    lines = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    for record, group in zip(lines, ["P1", "P2", "P1"], strict=True):
+        record["group"] = group
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    result = stage.run(settings_for(tmp_path))
+    assert {(p.file, p.check) for p in result.problems} == {
+        ("images/p0.png", "split_leakage"),
+        ("images/p2.png", "split_leakage"),
+    }
 
 
 def test_mask_folder_is_detected(tmp_path: Path) -> None:

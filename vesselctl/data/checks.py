@@ -65,6 +65,9 @@ CHECKS: dict[str, CheckInfo] = {
         CheckInfo("tiny_mask", "warning", "image has fewer vessel pixels than the threshold"),
         CheckInfo("duplicate_image", "warning", "same image content twice within one split"),
         CheckInfo("split_leakage", "error", "same image content in two different splits"),
+        CheckInfo(
+            "near_duplicate", "warning", "image looks like another one (resized or re-encoded)"
+        ),
         CheckInfo("mask_missing", "error", "the mask of an image is absent"),
         CheckInfo("mask_unreadable", "error", "mask file is truncated or not an image"),
         CheckInfo("mask_not_binary", "error", "mask not one channel of 0/255 (or 0/x as input)"),
@@ -191,38 +194,40 @@ def check_shapes_geometry(
         elif shape.shape_type == "polygon":
             crossing_candidates.append(k)
 
-    # Crossing edges (shapely/GEOS finds them, all polygons at once). Reported when they change
-    # the mask: pixels the ring winds around twice are left empty by the even-odd fill. A twist
-    # (figure-eight: lobes meeting where edges cross) fills exactly as drawn and is common in
-    # outlines traced from pixel masks, so it is reported only with ``report_twists``.
+    # Crossing edges, reported when they change the mask: pixels the ring winds around twice
+    # are left empty by the even-odd fill. All polygons are scanned at once (GEOS validity on
+    # every outline cost more than the rest of the geometry checks); shapely then explains each
+    # flagged outline. A twist (figure-eight: lobes meeting where edges cross) fills exactly as
+    # drawn and is common in outlines traced from pixel masks: reported only with report_twists.
     if crossing_candidates:
         import shapely
 
         chosen = np.asarray(crossing_candidates)
-        ring_ids = np.repeat(np.arange(len(chosen)), counts[chosen])
-        select = np.concatenate([np.arange(starts[k], starts[k] + counts[k]) for k in chosen])
-        polygons = shapely.polygons(shapely.linearrings(points[select], indices=ring_ids))
-        reasons = shapely.is_valid_reason(polygons)
-        for k, polygon, reason in zip(chosen.tolist(), polygons, reasons.tolist(), strict=True):
-            if not str(reason).startswith("Self-intersection"):
-                continue
-            ring = points[starts[k] : starts[k] + counts[k]]
-            pocket = _pocket_pixels(ring, image_size)
+        pockets = _pocket_pixels_rings(points, starts[chosen], counts[chosen], image_size)
+        examine = chosen if report_twists else chosen[pockets >= min_pocket_pixels]
+        pocket_of = dict(zip(chosen.tolist(), pockets.tolist(), strict=True))
+        for k in examine.tolist():
+            polygon = shapely.Polygon(points[starts[k] : starts[k] + counts[k]])
+            reason = str(shapely.is_valid_reason(polygon))
+            pocket = int(pocket_of[k])
             if pocket >= min_pocket_pixels:
                 plural = "s" if pocket != 1 else ""
                 effect = f"leaving {pocket} pixel{plural} it winds around twice unfilled"
-            elif report_twists:
+            elif reason.startswith("Self-intersection"):
                 effect = _twist_effect(polygon)
             else:
+                effect = None
+            if effect is None:
                 continue
             shape = shapes[k]
-            at = str(reason).partition("[")[2].rstrip("]").replace(" ", ", ")
+            at = reason.partition("[")[2].rstrip("]").replace(" ", ", ")
+            where = f" near ({at})" if at else ""
             findings[k].append(
                 Problem(
                     file,
                     "self_intersection",
                     f"{_shape_name(shape.index, shape.shape_type, shape.label)} has edges that "
-                    f"cross near ({at}), {effect}",
+                    f"cross{where}, {effect}",
                     "a polygon whose edges do not cross",
                     "move the crossing points in LabelMe (for loops in a vessel, draw the gap "
                     "inside as its own 'hole' shape)",
@@ -279,17 +284,39 @@ def _zero_area_reason(shape_type: str, points: np.ndarray, signed_area: float) -
 
 def _pocket_pixels(ring: np.ndarray, image_size: tuple[int, int] | None) -> int:
     """Pixels (centres inside the image) that ``ring`` winds around an even, non-zero number of
-    times: inside the outline, yet left empty by the even-odd fill the rasteriser uses.
+    times: inside the outline, yet left empty by the even-odd fill the rasteriser uses."""
+    starts = np.zeros(1, dtype=np.int64)
+    counts = np.array([len(ring)], dtype=np.int64)
+    return int(_pocket_pixels_rings(np.asarray(ring, np.float64), starts, counts, image_size)[0])
+
+
+def _pocket_pixels_rings(
+    points: np.ndarray,
+    starts: np.ndarray,
+    counts: np.ndarray,
+    image_size: tuple[int, int] | None,
+) -> np.ndarray:
+    """``_pocket_pixels`` of many rings at once (ring i is points[starts[i]:starts[i]+counts[i]]).
 
     Scanline over pixel-centre rows with the rasteriser's half-open edge rule; the winding
-    number between crossings is the running sum of edge directions. Vectorised, so it costs
-    about as much as rasterising the shape (shapely's make_valid took ~8 ms per outline).
+    number between two crossings of a row is the running sum of edge directions. Crossings are
+    sorted by (ring, row, x); each (ring, row) group sums to zero because rings are closed, so
+    one running sum over all groups gives every winding number.
     """
-    x0, y0 = ring[:, 0], ring[:, 1]
-    x1, y1 = np.roll(x0, -1), np.roll(y0, -1)
+    result = np.zeros(len(counts), dtype=np.int64)
+    if len(counts) == 0:
+        return result
+    ring_of_point = np.repeat(np.arange(len(counts)), counts)
+    offset = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    index = starts[ring_of_point] + offset
+    following = np.where(offset + 1 == counts[ring_of_point], starts[ring_of_point], index + 1)
+    x0, y0 = points[index, 0], points[index, 1]
+    x1, y1 = points[following, 0], points[following, 1]
     if image_size is None:
-        top, height = int(np.floor(min(y0.min(), 0.0))), int(np.ceil(y0.max())) + 1
-        left, width = int(np.floor(min(x0.min(), 0.0))), int(np.ceil(x0.max())) + 1
+        top = int(np.floor(min(points[:, 1].min(), 0.0)))
+        height = int(np.ceil(points[:, 1].max())) + 1
+        left, width = int(np.floor(min(points[:, 0].min(), 0.0))), int(np.ceil(points[:, 0].max()))
+        width += 1
     else:
         (height, width), top, left = image_size, 0, 0
     low, high = np.minimum(y0, y1), np.maximum(y0, y1)
@@ -298,22 +325,28 @@ def _pocket_pixels(ring: np.ndarray, image_size: tuple[int, int] | None) -> int:
     n = last - first
     keep = n > 0
     if not keep.any():
-        return 0
-    x0, y0, x1, y1, first, n = x0[keep], y0[keep], x1[keep], y1[keep], first[keep], n[keep]
+        return result
+    x0, y0, x1, y1 = x0[keep], y0[keep], x1[keep], y1[keep]
+    first, n, ring = first[keep], n[keep], ring_of_point[keep]
     edge = np.repeat(np.arange(len(n)), n)
     rows = first[edge] + (np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n))
     xs = x0[edge] + (rows + 0.5 - y0[edge]) * ((x1 - x0) / (y1 - y0))[edge]
     direction = np.where(y1 > y0, 1, -1)[edge]
-    order = np.lexsort((xs, rows))
-    rows, xs, direction = rows[order], xs[order], direction[order]
-    winding = np.cumsum(direction)  # rows close (sum to 0), so no reset per row is needed
-    same_row = rows[:-1] == rows[1:]
-    pocket = same_row & (winding[:-1] != 0) & (winding[:-1] % 2 == 0)
+    ring = ring[edge]
+    order = np.lexsort((xs, rows, ring))
+    rows, xs, direction, ring = rows[order], xs[order], direction[order], ring[order]
+    winding = np.cumsum(direction)
+    same_group = (rows[:-1] == rows[1:]) & (ring[:-1] == ring[1:])
+    pocket = same_group & (winding[:-1] != 0) & (winding[:-1] % 2 == 0)
     if not pocket.any():
-        return 0
+        return result
     lo = np.clip(np.ceil(xs[:-1][pocket] - 0.5), left, width)
     hi = np.clip(np.ceil(xs[1:][pocket] - 0.5), left, width)
-    return int(np.maximum(hi - lo, 0).sum())
+    lengths = np.maximum(hi - lo, 0).astype(np.int64)
+    result += np.bincount(ring[:-1][pocket], weights=lengths, minlength=len(counts)).astype(
+        np.int64
+    )
+    return result
 
 
 # Lobes smaller than this (px^2) are slivers that move no pixel centre.
@@ -466,6 +499,101 @@ def find_duplicates(images: Iterable[HashedImage]) -> list[Problem]:
                         "(leakage)",
                     )
                 )
+    return problems
+
+
+def find_group_leakage(records: Iterable[tuple[str, str, str]]) -> list[Problem]:
+    """Groups (e.g. patients, from prepare's ``split.group_pattern``) whose images sit in more
+    than one split: ``records`` are (file, split, group) of a prepared dataset."""
+    splits_of: dict[str, set[str]] = defaultdict(set)
+    records = list(records)
+    for _, split, group in records:
+        splits_of[group].add(split)
+    problems = []
+    for file, split, group in records:
+        splits = splits_of[group]
+        if len(splits) > 1:
+            problems.append(
+                Problem(
+                    file,
+                    "split_leakage",
+                    f"the image is in split '{split}' but its group '{group}' also has images in "
+                    + ", ".join(sorted(splits - {split})),
+                    "every group (e.g. patient) in exactly one split",
+                    "re-run `vesselctl prepare` into a fresh folder (it splits by group); do "
+                    "not edit manifest.jsonl or splits.json by hand",
+                )
+            )
+    return problems
+
+
+THUMBNAIL_SIDE = 16
+
+
+def thumbnail(image: np.ndarray) -> np.ndarray | None:
+    """A 16x16 gray thumbnail, zero mean and unit norm, for finding resized or re-encoded copies
+    (None for a flat image, which has no pattern to compare)."""
+    import cv2
+
+    from vesselctl.data.images import to_uint8
+
+    gray = to_uint8(image)
+    if gray.ndim == 3:
+        gray = cv2.cvtColor(gray, cv2.COLOR_RGB2GRAY)
+    side = THUMBNAIL_SIDE
+    small = cv2.resize(gray, (side, side), interpolation=cv2.INTER_AREA).astype(np.float32)
+    small -= small.mean()
+    norm = float(np.linalg.norm(small))
+    return (small / norm).ravel() if norm > 1e-6 else None
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    """One image's thumbnail and content hash: the input to the near-duplicate check."""
+
+    file: str
+    split: str | None
+    digest: str
+    vector: np.ndarray
+
+
+def find_near_duplicates(items: Sequence[Thumbnail], similarity: float) -> list[Problem]:
+    """Images whose thumbnails correlate at least ``similarity`` (Pearson, 16x16 gray) with
+    another image of different pixels: resized, re-encoded or lightly edited copies. Exact
+    copies are left to ``find_duplicates``. Compared in blocks, so memory stays small."""
+    if len(items) < 2:
+        return []
+    vectors = np.stack([t.vector for t in items])
+    digests = np.array([t.digest for t in items])
+    matches: dict[int, list[tuple[int, float]]] = defaultdict(list)
+    block = 1024
+    for begin in range(0, len(items), block):
+        scores = vectors[begin : begin + block] @ vectors.T
+        rows, cols = np.nonzero(scores >= similarity)
+        for row, col in zip(rows.tolist(), cols.tolist(), strict=True):
+            i = begin + row
+            if i != col and digests[i] != digests[col]:
+                matches[i].append((col, float(scores[row, col])))
+    problems = []
+    for i in sorted(matches):
+        item = items[i]
+        others = sorted(matches[i], key=lambda m: -m[1])
+        listed = ", ".join(
+            f"{items[j].file}" + (f" ({items[j].split})" if items[j].split else "") + f" {r:.3f}"
+            for j, r in others[:5]
+        ) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        across = any(items[j].split != item.split for j, _ in others)
+        problems.append(
+            Problem(
+                item.file,
+                "near_duplicate",
+                f"the image looks like {listed} (thumbnail correlation)"
+                + (f"; this one is in split '{item.split}': possible leakage" if across else ""),
+                f"no other image correlating {similarity} or more",
+                "look at both: drop resized or re-saved copies, or keep them in one group; "
+                "raise checks.near_duplicate_similarity if they are distinct images",
+            )
+        )
     return problems
 
 

@@ -125,7 +125,8 @@ class _Spans:
         group = self.next_group
         self.next_group += 1
         for ring in rings:
-            ring = np.asarray(ring, dtype=np.float64)
+            if not (isinstance(ring, np.ndarray) and ring.dtype == np.float64):
+                ring = np.asarray(ring, dtype=np.float64)
             if ring.ndim == 2 and len(ring) >= 3:
                 self.rings.append(ring)
                 self.ring_groups.append(group)
@@ -143,7 +144,8 @@ class _Spans:
         self.rings, self.ring_groups = [], []
         if rows.size == 0:
             return
-        order = np.lexsort((xs, rows, edge_groups))
+        # Sort by (shape, row) as one integer key, then x: two sort keys instead of three.
+        order = np.lexsort((xs, edge_groups * self.height + rows))
         rows, xs = rows[order], xs[order]
         # Each (shape, row) holds an even number of crossings: consecutive pairs are inside.
         starts = np.ceil(xs[0::2] - 0.5).astype(np.int64)

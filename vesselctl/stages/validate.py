@@ -45,6 +45,7 @@ class FileOutcome:
     stats: ImageStats | None
     overlay_written: bool = False
     image_file: str | None = None  # LabelMe: the image file the annotation uses
+    thumbnail: np.ndarray | None = None  # only when near duplicates are looked for
 
 
 @dataclass
@@ -105,12 +106,25 @@ def run(settings: ValidateSettings, progress: Progress | None = None) -> Validat
     # 2. Per-file checks, spread over processes; results come back in input order.
     outcomes = list(_map_files(settings, kind, tasks, progress))
 
-    # 3. Checks across files: identical pixels in two files (leakage when splits differ);
-    #    images in a LabelMe folder that no annotation uses.
+    # 3. Checks across files: identical pixels in two files (leakage when splits differ), one
+    #    group (patient) in two splits, images in a LabelMe folder that no annotation uses.
     problems = [p for outcome in outcomes for p in outcome.problems]
     problems += checks.find_duplicates(
         HashedImage(o.file, o.split, o.digest) for o in outcomes if o.digest is not None
     )
+    if settings.checks.near_duplicates:
+        problems += checks.find_near_duplicates(
+            [
+                checks.Thumbnail(o.file, o.split, o.digest, o.thumbnail)
+                for o in outcomes
+                if o.digest is not None and o.thumbnail is not None
+            ],
+            settings.checks.near_duplicate_similarity,
+        )
+    if kind == "prepared":
+        problems += checks.find_group_leakage(
+            (r.image, r.split, str(r.extra["group"])) for r in tasks if "group" in r.extra
+        )
     if kind == "labelme":
         problems += checks.find_unannotated_images(
             root, (o.image_file for o in outcomes if o.image_file)
@@ -225,8 +239,11 @@ def _map_files(
     # forkserver: workers fork from a clean server process that imported the heavy modules
     # once (about half of spawn's start-up, and safe where fork is not: the parent may run a
     # progress-bar thread and OpenCV's thread pool).
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__, "cv2", "shapely", "skimage.morphology"])
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([__name__, "cv2", "shapely", "skimage.morphology"])
+    else:  # pragma: no cover - Windows has spawn only
+        context = multiprocessing.get_context("spawn")
     chunksize = max(1, min(32, total // (workers * 8)))
     with ProcessPoolExecutor(
         max_workers=workers, mp_context=context, initializer=_worker_init
@@ -286,6 +303,9 @@ def _check_one(item: tuple[ValidateSettings, Kind, Any, bool]) -> FileOutcome:
         overlay_name = str(Path(file).with_suffix(".png"))
 
     digest = checks.pixel_digest(image) if image is not None else None
+    small = None
+    if image is not None and settings.checks.near_duplicates:
+        small = checks.thumbnail(image)
     stats, overlay_written = None, False
     if image is not None:
         usable_mask = mask if mask is not None and mask.shape[:2] == image.shape[:2] else None
@@ -303,7 +323,7 @@ def _check_one(item: tuple[ValidateSettings, Kind, Any, bool]) -> FileOutcome:
             overlay = draw_overlay(image, usable_mask)
             atomic_write_bytes(Path(settings.overlays) / overlay_name, encode_png(overlay))
             overlay_written = True
-    return FileOutcome(file, split, problems, digest, stats, overlay_written, image_file)
+    return FileOutcome(file, split, problems, digest, stats, overlay_written, image_file, small)
 
 
 def _counts(value: Any) -> dict[str, int]:
