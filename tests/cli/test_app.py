@@ -50,3 +50,20 @@ def test_config_unknown_stage_is_clear_error() -> None:
     result = runner.invoke(app, ["config", "nosuchstage"])
     assert result.exit_code == 2
     assert "unknown stage 'nosuchstage'" in result.stderr
+
+
+def test_config_yaml_of_every_stage_reads_back_as_a_config() -> None:
+    """`vesselctl config STAGE --yaml` is a file --config accepts: no unknown keys."""
+    import yaml
+
+    from vesselctl.cli.config import STAGE_SETTINGS, load_stage_settings_class
+    from vesselctl.settings.base import _check_unknown_keys
+
+    assert {"prepare", "train", "predict", "evaluate", "report"} <= set(STAGE_SETTINGS)
+    for stage in STAGE_SETTINGS:
+        result = runner.invoke(app, ["config", stage, "--yaml"])
+        assert result.exit_code == 0, result.output
+        data = yaml.safe_load(result.stdout) or {}
+        cls = load_stage_settings_class(stage)
+        _check_unknown_keys(cls, data, "", f"{stage} --yaml")
+        assert set(data) == set(cls.model_fields), stage

@@ -85,3 +85,22 @@ def test_resize_uses_area_when_shrinking_and_keeps_alignment():
     assert (small[:, :256] == 0).all() and (small[:, 256:] == 200).all()
     assert resize_image(small, 512, 512) is small
     assert resize_image(small, 1024, 600).shape == (1024, 600)
+
+
+def test_pillow_fallback_without_opencv(monkeypatch) -> None:
+    """Where OpenCV is missing (minimal GPU images), PNGs still decode and encode losslessly."""
+    import numpy as np
+
+    from vesselctl.data import images
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    gray16 = rng.integers(0, 65536, (5, 6), dtype=np.uint16)
+    with_cv2 = [images.encode_png(rgb), images.encode_png(gray16)]
+    monkeypatch.setattr(images, "_cv2", lambda: None)
+    for array, encoded in zip((rgb, gray16), with_cv2, strict=True):
+        np.testing.assert_array_equal(images.decode_image_bytes(encoded, "x.png"), array)
+        np.testing.assert_array_equal(
+            images.decode_image_bytes(images.encode_png(array), "y.png"), array
+        )
+    assert images.resize_image(rgb, 4, 3).shape == (4, 3, 3)

@@ -40,20 +40,15 @@ def config(
     ),
 ) -> None:
     """Show every setting of STAGE: key, type, default and what it does."""
-    import yaml
-
     from vesselctl.settings.base import describe_fields
 
     cls = load_stage_settings_class(stage)
     rows = describe_fields(cls)
     if yaml_output:
-        lines = [f"# vesselctl {stage} settings (defaults); pass with --config FILE"]
-        for key, _type, default, description in rows:
-            value = yaml.safe_dump(default, default_flow_style=True).strip()
-            value = value.removesuffix("\n...").removesuffix("...").strip()
-            lines.append(f"# {description}")
-            lines.append(f"{key}: {value}")
-        typer.echo("\n".join(lines))
+        from vesselctl.settings.base import reference_yaml
+
+        header = f"# vesselctl {stage} settings (defaults); pass with --config FILE"
+        typer.echo("\n".join([header, *reference_yaml(cls)]))
         return
     from rich.table import Table
 

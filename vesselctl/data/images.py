@@ -10,10 +10,11 @@ EXIF reliably for every format. Output is always PNG (lossless).
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
+from types import ModuleType
 
-import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -22,6 +23,21 @@ from vesselctl.errors import DatasetError
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Decoding a hostile file must not allocate unbounded memory (Pillow's own guard is a warning).
 MAX_IMAGE_PIXELS = 40_000 * 40_000
+
+
+@functools.cache
+def _cv2() -> ModuleType | None:
+    """OpenCV when it can be imported, else None.
+
+    OpenCV is a dependency and the fast path; the Pillow fallback keeps reading and writing
+    working where a minimal image (e.g. a GPU machine with the package installed without its
+    dependencies) lacks it. The two paths decode identically; encoded PNG bytes may differ.
+    """
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2
 
 
 def _png_has_exif(data: bytes) -> bool:
@@ -95,7 +111,12 @@ def decode_image_bytes(data: bytes, name: str, apply_exif: bool = True) -> np.nd
     """
     if not data:
         raise DatasetError(f"{name}: the image file is empty; re-export it")
-    if data.startswith(_PNG_SIGNATURE) and not (apply_exif and _png_has_exif(data)):
+    cv2 = _cv2()
+    if (
+        cv2 is not None
+        and data.startswith(_PNG_SIGNATURE)
+        and not (apply_exif and _png_has_exif(data))
+    ):
         array = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         if array is None:
             raise DatasetError(
@@ -141,11 +162,15 @@ def resize_image(array: np.ndarray, height: int, width: int) -> np.ndarray:
     if (in_h, in_w) == (height, width):
         return array
     shrinking = height <= in_h and width <= in_w
+    cv2 = _cv2()
+    if cv2 is None:
+        resample = Image.Resampling.BOX if shrinking else Image.Resampling.BICUBIC
+        return np.asarray(Image.fromarray(array).resize((width, height), resample))
     interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC
     return cv2.resize(array, (width, height), interpolation=interpolation)
 
 
-def _png_params(kind: str, mode: str) -> list[int]:
+def _png_params(cv2: ModuleType, kind: str, mode: str) -> list[int]:
     """OpenCV PNG writer parameters.
 
     ``fast`` (default): images use the Up filter with Huffman-only zlib (about 3x faster than
@@ -173,9 +198,16 @@ def encode_png(array: np.ndarray, mode: str = "fast", kind: str = "image") -> by
 
     The same input and OpenCV version give the same bytes, so re-runs are byte-identical.
     """
+    cv2 = _cv2()
+    if cv2 is None:
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(
+            buffer, format="PNG", compress_level=9 if mode == "small" else 1
+        )
+        return buffer.getvalue()
     if array.ndim == 3:
         array = cv2.cvtColor(array, cv2.COLOR_RGB2BGR)
-    ok, buffer = cv2.imencode(".png", array, _png_params(kind, mode))
+    ok, buffer = cv2.imencode(".png", array, _png_params(cv2, kind, mode))
     if not ok:  # pragma: no cover - OpenCV fails only on unsupported dtypes, checked upstream
         raise DatasetError(f"could not encode a {array.dtype} {array.shape} array as PNG")
     return buffer.tobytes()

@@ -198,6 +198,32 @@ def field_help(cls: type[BaseModel], dotted: str) -> str:
     raise KeyError(dotted)
 
 
+def reference_yaml(cls: type[BaseModel], indent: int = 0) -> list[str]:
+    """A commented YAML file of ``cls``'s defaults, nested as ``--config`` reads it.
+
+    Each key is preceded by its description, the same text as the CLI help.
+    """
+    lines: list[str] = []
+    pad = "  " * indent
+    for name, info in cls.model_fields.items():
+        if info.description:
+            lines.append(f"{pad}# {info.description}")
+        sub = _submodel(info.annotation)
+        if sub is not None:
+            lines.append(f"{pad}{name}:")
+            lines.extend(reference_yaml(sub, indent + 1))
+            continue
+        default = None if info.is_required() else info.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel):
+            default = default.model_dump(mode="json")
+        elif isinstance(default, Path):
+            default = str(default)
+        value = yaml.safe_dump(default, default_flow_style=True, allow_unicode=True).strip()
+        value = value.removesuffix("...").strip()
+        lines.append(f"{pad}{name}: {value}")
+    return lines
+
+
 def settings_to_yaml(settings: BaseModel) -> str:
     """Serialise resolved settings as YAML (paths as strings, keys in declaration order)."""
     return yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

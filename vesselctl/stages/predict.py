@@ -461,7 +461,8 @@ def write_outputs(
     if settings.output.overlays:
         atomic_write_bytes(out / "overlays" / f"{item.id}.png", encode_png(overlay(image, mask)))
     # The mask is written last: its presence marks the image as done for --skip-existing.
-    atomic_write_bytes(out / "masks" / f"{item.id}.png", encode_png(mask.astype(np.uint8) * 255, kind="mask"))
+    mask_png = encode_png(mask.astype(np.uint8) * 255, kind="mask")
+    atomic_write_bytes(out / "masks" / f"{item.id}.png", mask_png)
     area = int(mask.sum())
     return {
         "id": item.id,
