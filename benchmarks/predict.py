@@ -1,8 +1,9 @@
 """Throughput of `vesselctl predict`'s inference path, single pass vs the official generate path.
 
 Real-size architecture (default Sa2VA-1B) with random weights in bf16, 512x512 images, one phrase.
-Times cover what the predict stage does per batch (``stages.predict.run_views``: processor on the
-CPU, one teacher-forced forward, probabilities back on the CPU), at several batch sizes, and the
+Times cover the predict stage's loop (``stages.predict.predict_items``: loader workers read and
+process images, one teacher-forced forward per batch, a thread pool writes mask, probability and
+overlay PNGs), at several batch sizes, and the
 official-style path (one image at a time, greedy generation forced to the shortest real answer
 "Sure, [SEG].<|im_end|>", which favours it). With ``--gpus 2`` it also runs the same single-pass
 work split over two processes (torchrun, one GPU each) and reports the scaling.
@@ -80,24 +81,70 @@ def sync(device: Any) -> None:
         torch.cuda.synchronize()
 
 
+def stage_settings(batch_size: int, workers: int, out: Path) -> Any:
+    """Predict settings as the stage would resolve them for this benchmark."""
+    from vesselctl.settings.base import load_settings
+    from vesselctl.settings.predict import PredictSettings
+
+    return load_settings(
+        PredictSettings,
+        None,
+        [f"inference.batch_size={batch_size}", f"inference.workers={workers}", "progress=false"],
+        {"model": out, "input": out, "out": out},
+    )
+
+
 def single_pass_rate(
-    model: Any, processor: Any, images: list, batch_size: int, device: Any, dtype: Any, repeats: int
+    model: Any,
+    processor: Any,
+    images: list,
+    batch_size: int,
+    device: Any,
+    dtype: Any,
+    repeats: int,
+    workers: int,
 ) -> tuple[float, float | None]:
-    """Images/s of the predict stage's batched path, and peak GPU memory (GiB)."""
+    """Images/s of the predict stage's loop (loader workers, one pass, PNGs written), and peak
+    GPU memory (GiB)."""
+    import tempfile
+
     import torch
 
-    from vesselctl.stages.predict import run_views
+    from vesselctl.stages.predict import PredictItem, PredictResult, predict_items
 
-    run_views(model, processor, images[:batch_size], "blood vessels", batch_size, device, dtype)
-    if str(device).startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
+    items = [PredictItem(f"b{i}", None, im) for i, im in enumerate(images)]
     rates = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        run_views(model, processor, images, "blood vessels", batch_size, device, dtype)
-        sync(device)
-        rates.append(len(images) / (time.perf_counter() - start))
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = stage_settings(batch_size, workers, Path(tmp))
+        predict_items(
+            model,
+            processor,
+            items[:batch_size],
+            settings,
+            Path(tmp),
+            device,
+            dtype,
+            0,
+            PredictResult(Path(tmp)),
+        )
+        if str(device).startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        for _ in range(repeats):
+            sync(device)
+            start = time.perf_counter()
+            predict_items(
+                model,
+                processor,
+                items,
+                settings,
+                Path(tmp),
+                device,
+                dtype,
+                workers,
+                PredictResult(Path(tmp)),
+            )
+            sync(device)
+            rates.append(len(images) / (time.perf_counter() - start))
     peak = torch.cuda.max_memory_allocated() / 2**30 if str(device).startswith("cuda") else None
     return statistics.median(rates), peak
 
@@ -154,19 +201,37 @@ def worker(args: argparse.Namespace) -> None:
     model, processor, _ = build(args.preset, str(device), args.dtype)
     dtype = next(model.parameters()).dtype
     images = noise_images(args.images, args.image_size)[rank::world]
-    from vesselctl.stages.predict import run_views
+    import tempfile
+
+    from vesselctl.stages.predict import PredictItem, PredictResult, predict_items
 
     bs = max(args.batch_sizes)
-    run_views(model, processor, images[:bs], "blood vessels", bs, device, dtype)
+    items = [PredictItem(f"r{rank}_{i}", None, im) for i, im in enumerate(images)]
     times = []
-    for _ in range(args.repeats):
-        dist.barrier()
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        run_views(model, processor, images, "blood vessels", bs, device, dtype)
-        torch.cuda.synchronize()
-        dist.barrier()
-        times.append(time.perf_counter() - start)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        settings = stage_settings(bs, args.workers, out)
+        predict_items(
+            model, processor, items[:bs], settings, out, device, dtype, 0, PredictResult(out)
+        )
+        for _ in range(args.repeats):
+            dist.barrier()
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            predict_items(
+                model,
+                processor,
+                items,
+                settings,
+                out,
+                device,
+                dtype,
+                args.workers,
+                PredictResult(out),
+            )
+            torch.cuda.synchronize()
+            dist.barrier()
+            times.append(time.perf_counter() - start)
     if rank == 0:
         print(
             json.dumps(
@@ -191,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--gpus", type=int, default=1, help="also measure scaling to N GPUs")
+    parser.add_argument("--workers", type=int, default=6, help="loader workers per process")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -208,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     images = noise_images(args.images, args.image_size)
     rows = []
     for bs in args.batch_sizes:
-        rate, peak = single_pass_rate(model, processor, images, bs, device, dtype, args.repeats)
+        rate, peak = single_pass_rate(
+            model, processor, images, bs, device, dtype, args.repeats, args.workers
+        )
         rows.append(
             {
                 "mode": "single_pass",
