@@ -276,6 +276,7 @@ def _trainable_meta(settings: TrainSettings, report: Any, step: int) -> dict[str
     return {
         "format": ckpt.TRAINABLE_FORMAT,
         "step": step,
+        "seed": settings.seed,
         "name_prefix": report.name_prefix,
         "lora": {
             "enabled": settings.lora.enabled,
