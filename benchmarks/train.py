@@ -140,6 +140,7 @@ def run_worker(spec: dict[str, Any]) -> None:
             "lr": 2e-5,
         },
         distributed={"strategy": spec["strategy"]},
+        trainable={"embeddings": spec.get("embeddings", "full_copy")},
     )
     bf16 = cuda
     dtype = resolve_dtype("bfloat16" if bf16 else "float32")
@@ -150,7 +151,8 @@ def run_worker(spec: dict[str, Any]) -> None:
             model = build_model(config, dtype, "sdpa")
         if spec["grad_ckpt"]:
             model.set_llm_gradient_checkpointing(True)
-        model, report = apply_trainable(model, settings.lora, settings.trainable, [])
+        new_ids = [config.seg_token_id]  # stand-in: the real tokenizer's added tokens
+        model, report = apply_trainable(model, settings.lora, settings.trainable, new_ids)
         torch.manual_seed(1 + dist.rank)
         frozen = sum(p.numel() * p.element_size() for p in model.parameters())
         memory = torch.cuda.get_device_properties(device).total_memory if cuda else None
@@ -161,6 +163,16 @@ def run_worker(spec: dict[str, Any]) -> None:
 
     model, report, strategy = build()
     total = spec["warmup"] + spec["steps"]
+    samples = _synthetic_samples(spec["micro_batch"] * 4, spec["image_size"])
+    batches = [
+        _remap(processor(samples[i : i + spec["micro_batch"]], train=True), id_map)
+        for i in range(0, len(samples), spec["micro_batch"])
+    ]
+    flops = None
+    if spec["count_flops"]:
+        # Before any engine wraps the model: no DDP/DeepSpeed hooks see this extra backward.
+        probe = batches[0].to(device, dtype if bf16 else None)
+        flops = _count_step_flops(model, probe, torch.bfloat16 if bf16 else None)
     schedule_steps = total + 4  # the resume check's fresh engine must use the same schedule
     spec["schedule_steps"] = schedule_steps
     built = build_engine(model, settings, strategy, dist.world_size, device, bf16, schedule_steps)
@@ -209,11 +221,6 @@ def run_worker(spec: dict[str, Any]) -> None:
         step_times.append(time.perf_counter() - started)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None
 
-    flops = None
-    if spec["count_flops"] and strategy not in ("zero3",):
-        probe = batches[0].to(device, built.batch_dtype)
-        flops = _count_step_flops(built.engine.module, probe, built.autocast_dtype)
-
     resume = None
     if spec["resume_check"]:
         resume = _resume_check(spec, loop, built, build, make_loop, settings, dist, device, bf16)
@@ -235,6 +242,7 @@ def run_worker(spec: dict[str, Any]) -> None:
             "accumulation": spec["accumulation"],
             "global_batch": global_batch,
             "grad_ckpt": spec["grad_ckpt"],
+            "embeddings": settings.trainable.embeddings,
             "image_size": spec["image_size"],
             "tokens_per_sample": int(batches[0].attention_mask[0].sum()),
             "lora_r": spec["lora_r"],
@@ -405,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cpu":
         args.matmul_size = min(args.matmul_size, 1024)
     rate = matmul_rate(args.device, args.matmul_size, 20 if args.device == "cuda" else 3)
-    print(f"dense matmul rate ({'bf16' if args.device == 'cuda' else 'fp32'}): {rate:.1f} TFLOP/s")
+    print(f"dense matmul rate ({'bf16' if args.device == 'cuda' else 'fp32'}): {rate:.3g} TFLOP/s")
     base = {
         "device": args.device,
         "lora_r": args.lora_r,
@@ -429,11 +437,16 @@ def main(argv: list[str] | None = None) -> int:
         big = {**base, "preset": args.big_preset, "grad_ckpt": True, "count_flops": False}
         big.update(micro_batch=1, accumulation=args.global_batch, steps=2, warmup=1)
         runs.append(({**big, "strategy": "auto"}, 1))
+        runs.append(({**big, "strategy": "auto", "embeddings": "new_tokens"}, 1))
         runs.append(({**big, "strategy": "zero3", "accumulation": args.global_batch // 2}, 2))
 
     rows = []
     for spec, gpus in runs:
         label = f"{spec['preset']} gpus={gpus} strategy={spec['strategy']}"
+        if spec["grad_ckpt"]:
+            label += " +ckpt"
+        if spec.get("embeddings", "full_copy") != "full_copy":
+            label += f" emb={spec['embeddings']}"
         print(f"running {label} ...", flush=True)
         result = _launch(spec, gpus, args.timeout)
         result.update({"label": label, "requested_gpus": gpus})
@@ -481,7 +494,7 @@ def _speedups(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 def _print_table(rows: list[dict[str, Any]], rate: float) -> None:
     header = (
-        f"{'configuration':44} {'strategy':>8} {'batch':>5} {'step s':>8} {'samples/s':>9} "
+        f"{'configuration':56} {'strategy':>8} {'batch':>5} {'step s':>8} {'samples/s':>9} "
         f"{'peak GiB':>8} {'MFU':>6} {'resume diff':>11}"
     )
     print()
@@ -489,20 +502,20 @@ def _print_table(rows: list[dict[str, Any]], rate: float) -> None:
     print("-" * len(header))
     for row in rows:
         if "error" in row:
-            print(f"{row['label']:44} ERROR {row['error']}")
+            print(f"{row['label']:56} ERROR {row['error']}")
             continue
         peak = row.get("peak_memory_gib")
         mfu = row.get("mfu")
         resume = row.get("resume") or {}
         diff = f"{resume['max_abs_diff']:.2e}" if resume else "-"
         print(
-            f"{row['label']:44} {row['strategy']:>8} {row['global_batch']:>5} "
+            f"{row['label']:56} {row['strategy']:>8} {row['global_batch']:>5} "
             f"{row['step_time_s']:>8.3f} {row['samples_per_s']:>9.2f} "
             f"{(f'{peak:.2f}' if peak is not None else '-'):>8} "
             f"{(f'{100 * mfu:.1f}%' if mfu is not None else '-'):>6} "
             f"{diff:>11}"
         )
-    print(f"(matmul rate {rate:.1f} TFLOP/s per device)")
+    print(f"(matmul rate {rate:.3g} TFLOP/s per device)")
 
 
 if __name__ == "__main__":

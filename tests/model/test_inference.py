@@ -138,3 +138,75 @@ def test_batched_prediction_equals_one_sample_at_a_time(tokenizer):
             _batch(rows[i], pixels[i : i + 1], None, sam2[i : i + 1], sizes[i])
         )[0]
         assert torch.allclose(one, together[i], atol=1e-5)
+
+
+# --- letterbox SAM2 input: predictions land on the input image -------------------------------
+
+
+def _bright_region_decoder(model, sam2_pixel_values):
+    """A stand-in mask decoder that segments exactly the bright pixels of SAM2's input, so any
+    misplacement of its logits on the way back to the image shows up as a shifted mask."""
+    side = model.config.mask_logits_size
+    bright = (sam2_pixel_values[:, 0:1] > 1.0).float()  # white -> ~2.3, black -> ~-2.1, pad 0
+    pooled = F.adaptive_avg_pool2d(bright, side)[:, 0]
+    logits = (pooled * 2.0 - 1.0) * 10.0
+
+    def decode(image_embeddings, prompts, image_index):
+        out = logits.to(prompts.dtype).index_select(0, image_index) + prompts.sum() * 0.0
+        return out, torch.zeros(prompts.shape[0], dtype=prompts.dtype)
+
+    return decode
+
+
+def _rectangle_sample(height, width, box):
+    import numpy as np
+
+    from vesselctl.model.batch import SegSample
+
+    image = np.zeros((height, width, 3), np.uint8)
+    top, bottom, left, right = box
+    image[top:bottom, left:right] = 255
+    mask = np.zeros((height, width), bool)
+    mask[top:bottom, left:right] = True
+    return SegSample("rect", image, ["vessels"], [mask]), torch.from_numpy(mask)
+
+
+def _iou(a, b):
+    return float((a & b).sum()) / float((a | b).sum())
+
+
+@pytest.mark.parametrize("mode", ["letterbox", "square"])
+def test_letterboxed_prediction_is_aligned_with_the_input_image(tokenizer, monkeypatch, mode):
+    from vesselctl.model.processor import Sa2VAProcessor
+
+    torch.manual_seed(0)
+    model = Sa2VAModel(preset_config("tiny", tokenizer)).eval()
+    processor = Sa2VAProcessor(tokenizer, model.config, sam2_resize=mode)
+    sample, truth = _rectangle_sample(48, 120, (8, 28, 70, 110))
+    batch = processor([sample], train=False)
+    monkeypatch.setattr(
+        model, "decode_masks", _bright_region_decoder(model, batch.sam2_pixel_values)
+    )
+    probabilities = model.predict_probabilities(batch)[0]
+    assert probabilities.shape == (1, 48, 120)
+    assert _iou(probabilities[0] > 0.5, truth) > 0.85
+    if mode == "letterbox":
+        # The square-resize geometry on the same logits misplaces the mask: the test can fail.
+        logits, _ = model.decode_masks(None, torch.zeros(1, 256), torch.zeros(1, dtype=torch.long))
+        square = logits_to_probabilities(logits, model.config.sam2_image_size, (48, 120))
+        assert _iou(square[0] > 0.5, truth) < 0.5
+
+
+def test_square_frame_probabilities_are_bit_identical_to_the_official_upsampling():
+    from vesselctl.model.tiling import Sam2Frame
+
+    logits = torch.randn(3, 16, 16, generator=torch.Generator().manual_seed(3))
+    step = F.interpolate(logits[:, None], size=(64, 64), mode="bilinear", align_corners=False)
+    step = F.interpolate(step, size=(30, 70), mode="bilinear", align_corners=False)
+    expected = step[:, 0].sigmoid()
+    assert torch.equal(logits_to_probabilities(logits, Sam2Frame(64, (64, 64)), (30, 70)), expected)
+    assert torch.equal(logits_to_probabilities(logits, 64, (30, 70)), expected)
+    # Same size as SAM2's input: the second (identity) resize is skipped, still bit-identical.
+    step = F.interpolate(logits[:, None], size=(64, 64), mode="bilinear", align_corners=False)
+    expected = F.interpolate(step, size=(64, 64), mode="bilinear", align_corners=False)
+    assert torch.equal(logits_to_probabilities(logits, 64, (64, 64)), expected[:, 0].sigmoid())

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vesselctl.errors import ModelError
-from vesselctl.model.batch import Sa2VABatch
+from vesselctl.model.batch import Sa2VABatch, SegSample
 from vesselctl.model.presets import preset_config
 from vesselctl.model.sa2va import Sa2VAModel, gather_seg_hidden_states
 from vesselctl.model.tokenizer import build_tiny_tokenizer
@@ -320,3 +320,43 @@ def test_qwen2_5_vl_family_trains_with_mrope_positions(tokenizer):
     if model._mllm_takes_mm_token_types():
         assert not torch.allclose(with_types, plain, atol=1e-4)
     assert np.isfinite(with_types.numpy()).all()
+
+
+def test_letterbox_targets_are_placed_where_sam2_sees_the_object(tokenizer, monkeypatch):
+    """With a letterboxed SAM2 input the ground truth must go into the content region of the
+    logit frame: a decoder that segments the object perfectly then has a small mask loss."""
+    import torch.nn.functional as F
+
+    from vesselctl.model.processor import Sa2VAProcessor
+    from vesselctl.model.tiling import masks_to_sam2_frame
+
+    torch.manual_seed(0)
+    model = Sa2VAModel(preset_config("tiny", tokenizer)).eval()
+    height, width = 40, 120
+    image = np.zeros((height, width, 3), np.uint8)
+    image[6:30, 60:110] = 255
+    mask = image[:, :, 0] > 0
+    sample = SegSample("rect", image, ["vessels"], [mask])
+    batch = Sa2VAProcessor(tokenizer, model.config, sam2_resize="letterbox")([sample], train=True)
+    side = model.config.mask_logits_size
+    bright = (batch.sam2_pixel_values[:, 0:1] > 1.0).float()
+    perfect = (F.adaptive_avg_pool2d(bright, side)[:, 0] * 2.0 - 1.0) * 10.0
+
+    def decode(image_embeddings, prompts, image_index):
+        return perfect.index_select(0, image_index) + prompts.sum() * 0.0, prompts[:, 0] * 0.0
+
+    monkeypatch.setattr(model, "decode_masks", decode)
+    frames = model.sam2_frames(batch)
+    assert frames[0].content != (frames[0].size, frames[0].size)
+    targets = model._aligned_targets(batch.gt_masks, frames, perfect)
+    agreement = ((perfect > 0) == (targets > 0.5)).float().mean()
+    assert agreement > 0.97
+    with torch.no_grad():
+        aligned = model(batch).loss_mask
+        batch.sam2_frames = []  # the square assumption on the same letterboxed input
+        misaligned = model(batch).loss_mask
+    assert aligned < 0.25 * misaligned
+    # Square frames keep the official nearest resize, bit for bit.
+    square = model.sam2_frames(batch)[0]
+    official = F.interpolate(batch.gt_masks[0][:, None], size=(side, side), mode="nearest")[:, 0]
+    assert torch.equal(masks_to_sam2_frame(batch.gt_masks[0], square, side), official)

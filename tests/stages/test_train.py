@@ -187,4 +187,4 @@ def test_two_process_cpu_run_through_launcher(dataset: Path, tmp_path: Path) -> 
     assert result["world_size"] == 2 and result["strategy"] == "ddp"
     assert result["effective_batch"] == 2 and result["steps"] == 3
     assert result["best_val_dice"] is not None
-    assert (tmp_path / "ddp" / "launch_settings.yaml").is_file()
+    assert (tmp_path / "ddp" / "launch_settings_node0.yaml").is_file()

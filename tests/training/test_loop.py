@@ -131,3 +131,12 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path: Path) -> None:
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [5]
     assert "SIGTERM" in (tmp_path / "train.log").read_text()
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handler removed after the loop
+
+
+def test_resume_with_another_effective_batch_is_refused(tmp_path: Path) -> None:
+    first, _ = _loop(tmp_path, total=3, every=3)
+    first.run(_batches(), 0.0)
+    other, _ = _loop(tmp_path, total=3)
+    other.cfg.effective_batch = 8  # e.g. twice the GPUs with the same accumulation
+    with pytest.raises(TrainingError, match="effective batch 16"):
+        other.restore(tmp_path / "checkpoints" / "step_3")

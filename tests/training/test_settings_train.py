@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from vesselctl.errors import ConfigError
@@ -43,3 +45,24 @@ def test_bad_settings_are_named(override: str, message: str) -> None:
 def test_offload_needs_deepspeed_strategy() -> None:
     with pytest.raises(ConfigError, match="offload"):
         load_settings(TrainSettings, None, ["distributed.offload=true", "distributed.strategy=ddp"])
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples" / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_example_configs_load(path: Path) -> None:
+    settings = load_settings(TrainSettings, path)
+    assert settings.effective_batch >= 1
+
+
+def test_all_example_configs_are_present() -> None:
+    names = {p.name for p in EXAMPLES}
+    assert {
+        "tiny-cpu.yaml",
+        "sa2va-1b-1gpu.yaml",
+        "sa2va-4b-4gpu.yaml",
+        "multinode.yaml",
+        "from-official-export.yaml",
+        "from-iter-checkpoint.yaml",
+    } <= names

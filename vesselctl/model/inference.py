@@ -8,8 +8,10 @@ at each sample's original size. No autoregressive decoding, whole batches at onc
 (the step where [SEG] is the *input*, as the official ``predict_forward`` reads it), for free-text
 prompts whose answer is not known in advance.
 
-Both upsample SAM2's low-resolution logits bilinearly (align_corners=False) to SAM2's input size
-and then to the original size before the sigmoid, as the official code does.
+Both upsample SAM2's low-resolution logits bilinearly (align_corners=False) to SAM2's input size,
+crop the letterbox padding when the processor used the aspect-preserving SAM2 input, and resize
+to the original size before the sigmoid: for the official square input this is exactly the
+official two-step upsampling.
 """
 
 from __future__ import annotations
@@ -18,10 +20,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 
 from vesselctl.errors import ModelError
 from vesselctl.model.batch import Sa2VABatch
+from vesselctl.model.tiling import Sam2Frame, sam2_logits_to_image
 
 if TYPE_CHECKING:
     from vesselctl.model.sa2va import Sa2VAModel
@@ -36,19 +38,18 @@ class GeneratedMasks:
 
 
 def logits_to_probabilities(
-    logits: torch.Tensor, sam2_size: int, original_size: tuple[int, int]
+    logits: torch.Tensor, frame: Sam2Frame | int, original_size: tuple[int, int]
 ) -> torch.Tensor:
     """SAM2 mask logits [n, h, w] -> probabilities [n, H, W] at ``original_size`` (H, W).
 
-    Two bilinear steps (h -> SAM2 input size -> original size, align_corners=False), then the
-    sigmoid: the official order, so ``> 0.5`` reproduces its masks.
+    ``frame`` is where the image sits in SAM2's input (``Sam2Frame``; an int S means the official
+    square S x S resize). Bilinear up to S x S, letterbox padding cropped, bilinear to the
+    original size (align_corners=False), then the sigmoid: the official order, so ``> 0.5``
+    reproduces its masks.
     """
-    x = logits.float()[:, None]
-    if x.shape[0] == 0:
-        return torch.zeros(0, *original_size, device=logits.device)
-    x = F.interpolate(x, size=(sam2_size, sam2_size), mode="bilinear", align_corners=False)
-    x = F.interpolate(x, size=tuple(original_size), mode="bilinear", align_corners=False)
-    return x[:, 0].sigmoid()
+    if isinstance(frame, int):
+        frame = Sam2Frame(frame, (frame, frame))
+    return sam2_logits_to_image(logits, frame, tuple(original_size)).sigmoid()
 
 
 def _original_sizes(batch: Sa2VABatch, sam2_size: int) -> list[tuple[int, int]]:
@@ -72,10 +73,11 @@ def predict_probabilities(model: Sa2VAModel, batch: Sa2VABatch) -> list[torch.Te
     hidden_states = model.mllm_hidden_states(batch)
     gathered, logits, _ = model.seg_logits(batch, hidden_states)
     sizes = _original_sizes(batch, model.config.sam2_image_size)
+    frames = model.sam2_frames(batch)
     per_sample = torch.split(logits, gathered.counts, dim=0)
     return [
-        logits_to_probabilities(lg, model.config.sam2_image_size, size)
-        for lg, size in zip(per_sample, sizes, strict=True)
+        logits_to_probabilities(lg, frame, size)
+        for lg, frame, size in zip(per_sample, frames, sizes, strict=True)
     ]
 
 
@@ -120,6 +122,7 @@ def generate_masks(
     """
     results: list[GeneratedMasks] = []
     sizes = _original_sizes(batch, model.config.sam2_image_size)
+    frames = model.sam2_frames(batch)
     text_cfg = model.config.text_config
     eos = generate_kwargs.pop("eos_token_id", text_cfg.eos_token_id)
     pad = generate_kwargs.pop("pad_token_id", text_cfg.pad_token_id)
@@ -151,6 +154,6 @@ def generate_masks(
             logits, _ = model.decode_masks(embeddings, prompts, index)
         else:
             logits = torch.zeros(0, 1, 1, device=batch.input_ids.device)
-        probabilities = logits_to_probabilities(logits, model.config.sam2_image_size, sizes[row])
+        probabilities = logits_to_probabilities(logits, frames[row], sizes[row])
         results.append(GeneratedMasks(generated.tolist(), probabilities))
     return results

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, Sam2Model
 
@@ -30,6 +29,7 @@ from vesselctl.errors import ModelError
 from vesselctl.model.batch import Sa2VABatch, Sa2VAOutput
 from vesselctl.model.config import Sa2VAConfig
 from vesselctl.model.losses import llm_cross_entropy, mask_losses
+from vesselctl.model.tiling import Sam2Frame, masks_to_sam2_frame
 
 
 @dataclass
@@ -313,7 +313,7 @@ class Sa2VAModel(PreTrainedModel):
         loss_mask = loss_dice = llm_loss = None
         wants_loss = batch.gt_masks is not None or batch.labels is not None
         if batch.gt_masks is not None and n_seg > 0:
-            targets = self._aligned_targets(batch.gt_masks, logits)
+            targets = self._aligned_targets(batch.gt_masks, self.sam2_frames(batch), logits)
             parts = mask_losses(
                 logits,
                 targets,
@@ -362,17 +362,33 @@ class Sa2VAModel(PreTrainedModel):
                     "truncated?)"
                 )
 
+    def sam2_frames(self, batch: Sa2VABatch) -> list[Sam2Frame]:
+        """Where each image sits in SAM2's input: the batch's frames (letterbox or square), or
+        the official square frame when the batch records none."""
+        if batch.sam2_frames:
+            if len(batch.sam2_frames) != batch.batch_size:
+                raise ModelError(
+                    f"batch has {batch.batch_size} samples but {len(batch.sam2_frames)} "
+                    "sam2_frames; expected one per sample (or none for the square resize)"
+                )
+            return list(batch.sam2_frames)
+        size = self.config.sam2_image_size
+        return [Sam2Frame(size, (size, size))] * batch.batch_size
+
     @staticmethod
-    def _aligned_targets(gt_masks: list[torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
+    def _aligned_targets(
+        gt_masks: list[torch.Tensor], frames: list[Sam2Frame], logits: torch.Tensor
+    ) -> torch.Tensor:
         """Stack the ground-truth masks in [SEG] order (checked by ``check_targets``).
 
-        Masks of different samples may have different sizes; each is resized (nearest) to the
-        logits size first so they can be stacked.
+        Each sample's masks are brought into the frame of SAM2's logits (nearest): a plain
+        resize for the official square input, into the content region for a letterbox input.
+        Masks of different samples may have different sizes; after this they stack.
         """
         side = logits.shape[-1]
         stacked = [
-            F.interpolate(m[:, None].float(), size=(side, side), mode="nearest")[:, 0]
-            for m in gt_masks
+            masks_to_sam2_frame(m.float(), frame, side)
+            for m, frame in zip(gt_masks, frames, strict=True)
             if m.shape[0]
         ]
         return torch.cat(stacked, dim=0).to(logits.device)

@@ -276,6 +276,7 @@ def _trainable_meta(settings: TrainSettings, report: Any, step: int) -> dict[str
     return {
         "format": ckpt.TRAINABLE_FORMAT,
         "step": step,
+        "seed": settings.seed,
         "name_prefix": report.name_prefix,
         "lora": {
             "enabled": settings.lora.enabled,
@@ -303,7 +304,9 @@ def _stdout_is_tty() -> bool:
 def _relaunch(settings: TrainSettings, run_dir: Path) -> TrainResult:
     """Run this node's processes under torchrun and return the result rank 0 wrote."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    settings_file = write_resolved_settings(settings, run_dir, name=LAUNCH_SETTINGS_NAME)
+    # One file per node: on a shared file system every node's launcher writes its own.
+    name = LAUNCH_SETTINGS_NAME.replace(".yaml", f"_node{settings.distributed.node_rank}.yaml")
+    settings_file = write_resolved_settings(settings, run_dir, name=name)
     launch_id = uuid.uuid4().hex
     os.environ[LAUNCH_ID_ENV] = launch_id
     try:

@@ -29,7 +29,8 @@ Export format (what convert reads):
   ``base_model.model.mllm.model.multi_modal_projector.linear_1.weight``,
   ``base_model.model.sam2.mask_decoder.*``, ``base_model.model.text_hidden_fcs.{0,2}.*``.
   Without LoRA and trained embeddings the model is not wrapped and names have no prefix.
-- ``trainable.json``: ``format`` ("vesselctl-trainable/1"), ``step``, ``name_prefix``,
+- ``trainable.json``: ``format`` ("vesselctl-trainable/1"), ``step``, ``seed`` (the run's seed:
+  a random-weight preset base is rebuilt from it), ``name_prefix``,
   ``lora`` (enabled, r, alpha, dropout, rslora, targets, target_pattern), ``modules_to_save``,
   ``trainable_token_indices``, ``trainable_groups``, ``model_source`` (the ModelSourceSettings
   the base weights come from), ``parameter_counts``.

@@ -281,7 +281,13 @@ class TrainingLoop:
 
     def _validate_and_track(self) -> dict[str, float]:
         started = time.perf_counter()
-        result = self.validate()
+        try:
+            result = self.validate()
+        except torch.OutOfMemoryError as exc:
+            raise TrainingError(
+                f"validation at step {self.state.global_step}: out of GPU memory; lower "
+                "validation.micro_batch or processor.max_tiles"
+            ) from exc
         if not result:
             return result
         step = self.state.global_step
@@ -344,18 +350,18 @@ class TrainingLoop:
                 data_time = 0.0
                 sums = torch.zeros(len(LOSS_PARTS), dtype=torch.float64)
                 check = self._check_loss(sums)
-                for micro in range(cfg.accumulation):
-                    fetch_start = time.perf_counter()
-                    batch = next(batches).to(cfg.device, cfg.batch_dtype)
-                    data_time += time.perf_counter() - fetch_start
-                    try:
+                try:
+                    for micro in range(cfg.accumulation):
+                        fetch_start = time.perf_counter()
+                        batch = next(batches).to(cfg.device, cfg.batch_dtype)
+                        data_time += time.perf_counter() - fetch_start
                         self.engine.micro_step(batch, micro == cfg.accumulation - 1, check)
-                    except torch.OutOfMemoryError as exc:
-                        raise TrainingError(
-                            f"step {self.state.global_step + 1}: out of GPU memory "
-                            f"({str(exc).splitlines()[0]}); {OOM_HELP}"
-                        ) from exc
-                grad_norm = self.engine.optimizer_step()
+                    grad_norm = self.engine.optimizer_step()
+                except torch.OutOfMemoryError as exc:
+                    raise TrainingError(
+                        f"step {self.state.global_step + 1}: out of GPU memory "
+                        f"({str(exc).splitlines()[0]}); {OOM_HELP}"
+                    ) from exc
                 self._advance()
                 step_time = time.perf_counter() - step_start
                 step_times.append(step_time)
