@@ -51,12 +51,27 @@ class Sa2VABatch:
     # S x S for the official square resize, a top-left region for letterbox. Use
     # tiling.sam2_logits_to_image / masks_to_sam2_frame with it. Empty = square.
     sam2_frames: list = field(default_factory=list)
+    # Pixel tensors still uint8 (processor option normalise_on_device): field name -> (mean,
+    # std). ``to`` normalises them on the target device; None once done.
+    deferred_normalisation: dict[str, tuple] | None = None
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Sa2VABatch:
-        """Move tensors to ``device``; floating pixel tensors are also cast to ``dtype``."""
-        moved = {}
+        """Move tensors to ``device``; floating pixel tensors are also cast to ``dtype``.
+
+        Deferred uint8 pixels are moved first (a quarter of the bytes), then normalised there.
+        """
+        from vesselctl.model.tiling import normalise_tensor
+
+        deferred = self.deferred_normalisation or {}
+        moved: dict = {"deferred_normalisation": None}
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name == "deferred_normalisation":
+                continue
+            if f.name in deferred and isinstance(value, torch.Tensor):
+                value = normalise_tensor(value.to(device, non_blocking=True), *deferred[f.name])
+                if f.name == "sam2_pixel_values":
+                    value = self._zero_letterbox_padding(value)
             if isinstance(value, torch.Tensor):
                 cast = dtype if (dtype is not None and value.is_floating_point()) else None
                 value = value.to(device=device, dtype=cast) if cast else value.to(device)
@@ -64,6 +79,15 @@ class Sa2VABatch:
                 value = [m.to(device) for m in value]
             moved[f.name] = value
         return Sa2VABatch(**moved)
+
+    def _zero_letterbox_padding(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalised SAM2 input is 0 outside each image's letterbox content, as in the
+        processor's eager path."""
+        for row, frame in enumerate(self.sam2_frames):
+            height, width = frame.content
+            pixels[row, :, height:, :] = 0
+            pixels[row, :, :, width:] = 0
+        return pixels
 
     @property
     def batch_size(self) -> int:

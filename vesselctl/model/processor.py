@@ -33,12 +33,16 @@ from vesselctl.model.templates import (
     get_chat_template,
 )
 from vesselctl.model.tiling import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     INTERNVL_IMG_CONTEXT,
     INTERNVL_IMG_END,
     INTERNVL_IMG_START,
     QWEN_IMAGE_PAD,
     QWEN_VISION_END,
     QWEN_VISION_START,
+    SAM2_MEAN,
+    SAM2_STD,
     Sam2Frame,
     internvl_pixel_values,
     internvl_tokens_per_tile,
@@ -92,6 +96,9 @@ class ProcessorOptions:
     answer_templates: list[str] = field(default_factory=lambda: list(DEFAULT_ANSWER_TEMPLATES))
     max_length: int = 8192
     uint16_scaling: str = "full_range"  # full_range (/257) | image_max
+    # InternVL tiles and SAM2 input stay uint8 in the batch; Sa2VABatch.to() normalises them on
+    # the target device (same values; 4x less CPU work and host-to-device traffic).
+    normalise_on_device: bool = False
 
     def check(self) -> None:
         """Raise ModelError naming the option for any value that cannot work."""
@@ -230,6 +237,10 @@ class Sa2VAProcessor:
                 options.temporal_patch_size,
             )
 
+    def replace_options(self, **changes: Any) -> Sa2VAProcessor:
+        """A copy of this processor with some options changed (same tokenizer)."""
+        return Sa2VAProcessor(self.tokenizer, self.options, **changes)
+
     @classmethod
     def from_config(
         cls, config: Sa2VAConfig, tokenizer: PreTrainedTokenizerBase, **overrides: Any
@@ -262,7 +273,12 @@ class Sa2VAProcessor:
         o = self.options
         if o.family == "internvl":
             pixels = internvl_pixel_values(
-                image, o.tile_size, o.min_tiles, o.max_tiles, o.use_thumbnail
+                image,
+                o.tile_size,
+                o.min_tiles,
+                o.max_tiles,
+                o.use_thumbnail,
+                defer_normalisation=o.normalise_on_device,
             )
             return pixels, None, int(pixels.shape[0]) * self.tokens_per_tile
         pixels, grid = qwen_pixel_values(image, self._qwen)
@@ -356,7 +372,12 @@ class Sa2VAProcessor:
             gt_masks = torch.from_numpy(np.stack(stacked)).to(torch.float32)
 
         pixel_values, grid, n_image_tokens = self.image_inputs(image)
-        sam2_pixels, frame = sam2_pixel_values(image, o.sam2_size, o.sam2_resize)  # type: ignore[arg-type]
+        sam2_pixels, frame = sam2_pixel_values(
+            image,
+            o.sam2_size,
+            o.sam2_resize,  # type: ignore[arg-type]
+            defer_normalisation=o.normalise_on_device,
+        )
         # Training draws templates at random: from ``rng`` when given, else from Python's
         # ``random`` module, which DataLoader re-seeds in every worker. Inference: first ones.
         chooser: Any = None if not train else (rng if rng is not None else random)
@@ -449,7 +470,17 @@ class Sa2VAProcessor:
             sample_ids=[e.sample_id for e in encoded],
             mm_token_type_ids=mm_types,
             sam2_frames=[e.sam2_frame for e in encoded],
+            deferred_normalisation=self._deferred_normalisation(),
         )
+
+    def _deferred_normalisation(self) -> dict[str, tuple] | None:
+        """Mean/std per pixel tensor that ``Sa2VABatch.to`` still has to apply, if any."""
+        if not self.options.normalise_on_device:
+            return None
+        deferred: dict[str, tuple] = {"sam2_pixel_values": (SAM2_MEAN, SAM2_STD)}
+        if self.options.family == "internvl":
+            deferred["pixel_values"] = (IMAGENET_MEAN, IMAGENET_STD)
+        return deferred
 
     # --- files --------------------------------------------------------------------------------
 

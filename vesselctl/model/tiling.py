@@ -103,6 +103,26 @@ def _pil_resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(resized)
 
 
+def channels_first_uint8(pixels: np.ndarray) -> torch.Tensor:
+    """[..., H, W, 3] uint8 -> [..., 3, H, W] uint8, for normalisation later on the device."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(pixels, -1, -3)))
+
+
+def normalise_tensor(pixels: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
+    """[..., 3, H, W] uint8 -> float32 /255 then (x - mean) / std, on the tensor's device.
+
+    The same float32 operations in the same order as ``_normalise``, so the values are equal.
+    """
+    import torch
+
+    shape = (3, 1, 1)
+    tensor = pixels.to(torch.float32).div_(255.0)
+    tensor = tensor.sub_(torch.tensor(mean, dtype=torch.float32, device=pixels.device).view(shape))
+    return tensor.div_(torch.tensor(std, dtype=torch.float32, device=pixels.device).view(shape))
+
+
 def _normalise(pixels: np.ndarray, mean: tuple, std: tuple) -> torch.Tensor:
     """[..., H, W, 3] uint8 -> [..., 3, H, W] float32: /255 then (x - mean) / std."""
     import torch
@@ -193,9 +213,13 @@ def internvl_pixel_values(
     min_tiles: int = 1,
     max_tiles: int = 12,
     use_thumbnail: bool = True,
+    defer_normalisation: bool = False,
 ) -> torch.Tensor:
-    """InternVL input of one image: [n_tiles, 3, tile, tile] float32, ImageNet-normalised."""
+    """InternVL input of one image: [n_tiles, 3, tile, tile] float32, ImageNet-normalised
+    (uint8 and not yet normalised with ``defer_normalisation``)."""
     tiles = internvl_tiles(image, tile_size, min_tiles, max_tiles, use_thumbnail)
+    if defer_normalisation:
+        return channels_first_uint8(tiles)
     return _normalise(tiles, IMAGENET_MEAN, IMAGENET_STD)
 
 
@@ -297,18 +321,24 @@ def sam2_frame(height: int, width: int, size: int, mode: Sam2Resize) -> Sam2Fram
 
 
 def sam2_pixel_values(
-    image: np.ndarray, size: int, mode: Sam2Resize = "square"
+    image: np.ndarray, size: int, mode: Sam2Resize = "square", defer_normalisation: bool = False
 ) -> tuple[torch.Tensor, Sam2Frame]:
     """SAM2 input of one RGB uint8 image: [3, S, S] float32 and its placement.
 
     ``square`` is Sa2VA's official input (resize to S x S ignoring the aspect ratio);
     normalisation is /255 then the bf16-rounded ImageNet mean/std, as the official code does.
+    With ``defer_normalisation`` the result is uint8 (letterbox padding 0) and
+    ``Sa2VABatch.to`` normalises it on the device and zeroes the padding again.
     """
     import torch
 
     frame = sam2_frame(image.shape[0], image.shape[1], size, mode)
     content_h, content_w = frame.content
     resized = _pil_resize(image, content_w, content_h)
+    if defer_normalisation:
+        canvas = torch.zeros((3, size, size), dtype=torch.uint8)
+        canvas[:, :content_h, :content_w] = channels_first_uint8(resized)
+        return canvas, frame
     normalised = _normalise(resized, SAM2_MEAN, SAM2_STD)
     if frame.content == (size, size):
         return normalised, frame
