@@ -160,3 +160,13 @@ def test_prepared_dataset_split(tiny_model_dir: Path, tmp_path: Path) -> None:
     result = stage.run(_settings(tiny_model_dir, root, tmp_path / "pred", "split=test"))
     assert result.predicted == 2
     assert sorted(p.stem for p in (tmp_path / "pred" / "masks").iterdir()) == ["s1", "s2"]
+
+
+def test_two_processes_through_torchrun(tiny_model_dir: Path, images: Path, tmp_path: Path) -> None:
+    """`inference.gpus=2` relaunches under torchrun (gloo on the CPU); rank 0 merges the log."""
+    out = tmp_path / "pred"
+    result = stage.run(_settings(tiny_model_dir, images, out, "inference.gpus=2"))
+    assert result.predicted == 3 and not result.failures
+    ids = sorted(json.loads(line)["id"] for line in (out / "predictions.jsonl").open())
+    assert ids == ["deep", "rgb", "sub__gray"]
+    assert not list(out.glob(".predictions.rank*")) and not (out / ".predict_launch.yaml").exists()

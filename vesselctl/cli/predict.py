@@ -36,6 +36,7 @@ def predict(
         int | None, typer.Option("--batch-size", help=_help("inference.batch_size"))
     ] = None,
     device: Annotated[str | None, typer.Option(help=_help("inference.device"))] = None,
+    gpus: Annotated[int | None, typer.Option(help=_help("inference.gpus"))] = None,
     threshold: Annotated[float | None, typer.Option(help=_help("inference.threshold"))] = None,
     tta: Annotated[
         bool | None, typer.Option("--tta/--no-tta", help=_help("inference.hflip_tta"))
@@ -67,6 +68,7 @@ def predict(
             "base": base,
             "inference.batch_size": batch_size,
             "inference.device": device,
+            "inference.gpus": gpus,
             "inference.threshold": threshold,
             "inference.hflip_tta": tta,
             "output.probabilities": probabilities,

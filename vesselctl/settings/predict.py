@@ -19,6 +19,12 @@ class InferenceSettings(Section):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="Compute dtype: auto is bfloat16 on GPUs and float32 on the CPU."
     )
+    gpus: int = Field(
+        1,
+        ge=1,
+        description="GPUs on this machine; above 1, predict starts itself under torchrun and "
+        "each process predicts its share of the images.",
+    )
     batch_size: int = Field(
         8, ge=1, description="Images per forward pass; halved automatically on out-of-memory."
     )

@@ -578,6 +578,8 @@ def run(settings: PredictSettings) -> PredictResult:
 
     out = Path(str(settings.out))  # input, out and model are required by PredictSettings
     dist = launcher_env()
+    if dist is None and settings.inference.gpus > 1:
+        return _relaunch(settings, out)
     rank, world = (dist.rank, dist.world_size) if dist else (0, 1)
 
     # 1. Inputs first: a typo in --input fails before the model is loaded.
@@ -620,6 +622,36 @@ def run(settings: PredictSettings) -> PredictResult:
     atomic_write_json(out / "run_info.json", run_provenance(include_gpus=True))
     atomic_write_json(out / "result.json", result.to_json())
     return result
+
+
+def _relaunch(settings: PredictSettings, out: Path) -> PredictResult:
+    """Run this prediction as ``inference.gpus`` torchrun processes; read back rank 0's result."""
+    from vesselctl.settings.train import DistributedSettings
+    from vesselctl.training.launch import relaunch
+
+    prepare_out_dir(out, settings)  # refuse a bad --out before starting processes
+    settings_file = out / ".predict_launch.yaml"
+    # The workers must not refuse the folder this process has just checked.
+    output = settings.output.model_copy(update={"skip_existing": True, "overwrite": False})
+    write_resolved_settings(settings.model_copy(update={"output": output}), out, settings_file.name)
+    code = relaunch(DistributedSettings(gpus=settings.inference.gpus), settings_file, "predict")
+    settings_file.unlink(missing_ok=True)
+    result_file = out / "result.json"
+    if code != 0 or not result_file.is_file():
+        raise ModelError(
+            f"predict on {settings.inference.gpus} GPUs failed (torchrun exit code {code}); "
+            "the workers' messages are above"
+        )
+    summary = json.loads(result_file.read_text(encoding="utf-8"))
+    return PredictResult(
+        out_dir=out,
+        predicted=summary["predicted"],
+        skipped=summary["skipped"],
+        failures=summary["failures"],
+        seconds=summary["seconds"],
+        device=summary["device"],
+        batch_size=summary["final_batch_size"],
+    )
 
 
 def _cuda() -> bool:

@@ -106,8 +106,10 @@ def needs_relaunch(settings: DistributedSettings, environ: dict[str, str] | None
     return settings.world_size > 1 and launcher_env(environ) is None
 
 
-def torchrun_command(settings: DistributedSettings, settings_file: Path) -> list[str]:
-    """The torchrun command that runs `vesselctl train --config settings_file` on this node."""
+def torchrun_command(
+    settings: DistributedSettings, settings_file: Path, command: str = "train"
+) -> list[str]:
+    """The torchrun command that runs `vesselctl COMMAND --config settings_file` on this node."""
     return [
         sys.executable,
         "-m",
@@ -119,20 +121,20 @@ def torchrun_command(settings: DistributedSettings, settings_file: Path) -> list
         f"--master-port={settings.master_port}",
         "-m",
         "vesselctl",
-        "train",
+        command,
         "--config",
         str(settings_file),
     ]
 
 
-def relaunch(settings: DistributedSettings, settings_file: Path) -> int:
-    """Run this node's share of the job under torchrun and return its exit code."""
-    command = torchrun_command(settings, settings_file)
+def relaunch(settings: DistributedSettings, settings_file: Path, command: str = "train") -> int:
+    """Run this node's share of `vesselctl COMMAND` under torchrun and return its exit code."""
+    argv = torchrun_command(settings, settings_file, command)
     env = dict(os.environ)
     # Each worker uses its own threads; torchrun's default of 1 OpenMP thread is what we want on
     # GPUs, and on CPU it keeps N processes from fighting over the same cores.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // settings.gpus)))
-    completed = subprocess.run(command, env=env, check=False)
+    completed = subprocess.run(argv, env=env, check=False)
     return completed.returncode
 
 
