@@ -51,6 +51,10 @@ class Sa2VABatch:
     # S x S for the official square resize, a top-left region for letterbox. Use
     # tiling.sam2_logits_to_image / masks_to_sam2_frame with it. Empty = square.
     sam2_frames: list = field(default_factory=list)
+    # Content keys of the frozen encoders' inputs (model.acceleration.attach_encoder_keys): one
+    # per InternVL tile and one per SAM2 image; only read when an encoder cache is enabled.
+    vision_keys: list[str] | None = None
+    sam2_keys: list[str] | None = None
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Sa2VABatch:
         """Move tensors to ``device``; floating pixel tensors are also cast to ``dtype``."""
