@@ -26,6 +26,7 @@ CPU check with the tiny preset (DDP with gloo for 2 processes; ZeRO on DeepSpeed
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -76,7 +77,6 @@ def _remap(batch: Any, id_map: dict[int, int]) -> Any:
 
 def _count_step_flops(model: Any, batch: Any, autocast: Any) -> float | None:
     """FLOPs of one forward+backward, as executed (frozen weights: no weight gradients)."""
-    import contextlib
 
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -275,7 +275,11 @@ def _resume_check(spec, loop, built, build, make_loop, settings, dist, device, b
     loop.cfg.total_steps = n + 2
     loop.run(_batch_stream(spec, n), time.perf_counter())
     params = [p for p in built.engine.module.parameters() if p.requires_grad]
-    gather = built.engine.gathered(params) if hasattr(built.engine, "gathered") else _Null()
+    gather = (
+        built.engine.gathered(params)
+        if hasattr(built.engine, "gathered")
+        else contextlib.nullcontext()
+    )
     with gather:
         reference = {
             name: p.detach().float().cpu().clone()
@@ -290,7 +294,11 @@ def _resume_check(spec, loop, built, build, make_loop, settings, dist, device, b
     again.restore(saved)
     again.run(_batch_stream(spec, n), time.perf_counter())
     params = [p for p in fresh.engine.module.parameters() if p.requires_grad]
-    gather = fresh.engine.gathered(params) if hasattr(fresh.engine, "gathered") else _Null()
+    gather = (
+        fresh.engine.gathered(params)
+        if hasattr(fresh.engine, "gathered")
+        else contextlib.nullcontext()
+    )
     with gather:
         worst = max(
             float((p.detach().float().cpu() - reference[name]).abs().max())
@@ -301,14 +309,6 @@ def _resume_check(spec, loop, built, build, make_loop, settings, dist, device, b
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return {"saved_step": n, "steps_after": 2, "max_abs_diff": worst}
-
-
-class _Null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 _BATCHES: dict[int, list[Any]] = {}

@@ -188,3 +188,29 @@ def test_two_process_cpu_run_through_launcher(dataset: Path, tmp_path: Path) -> 
     assert result["effective_batch"] == 2 and result["steps"] == 3
     assert result["best_val_dice"] is not None
     assert (tmp_path / "ddp" / "launch_settings_node0.yaml").is_file()
+
+
+def test_sigterm_saves_and_exits_143(dataset: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "term"
+    proc = subprocess.Popen(
+        _cli(
+            dataset, run_dir, "--set", "optim.max_steps=500", "--set", "checkpoint.every_steps=1000"
+        ),
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if metrics.is_file() and metrics.read_text().strip():
+            break  # the loop runs, so its SIGTERM handler is installed
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-2000:]
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["status"] == "interrupted" and 0 < result["steps"] < 500
+    assert [s for s, _ in list_checkpoints(run_dir)] == [result["steps"]]

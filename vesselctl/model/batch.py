@@ -54,6 +54,10 @@ class Sa2VABatch:
     # Pixel tensors still uint8 (processor option normalise_on_device): field name -> (mean,
     # std). ``to`` normalises them on the target device; None once done.
     deferred_normalisation: dict[str, tuple] | None = None
+    # Content keys of the frozen encoders' inputs (model.acceleration.attach_encoder_keys): one
+    # per InternVL tile and one per SAM2 image; only read when an encoder cache is enabled.
+    vision_keys: list[str] | None = None
+    sam2_keys: list[str] | None = None
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Sa2VABatch:
         """Move tensors to ``device``; floating pixel tensors are also cast to ``dtype``.

@@ -18,6 +18,8 @@ which is what ``predict_probabilities`` relies on (tested in tests/model/test_in
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -169,8 +171,45 @@ class Sa2VAModel(PreTrainedModel):
         dtype = self.mllm.dtype
         if kwargs["pixel_values"] is not None and kwargs["pixel_values"].is_floating_point():
             kwargs["pixel_values"] = kwargs["pixel_values"].to(dtype)
-        outputs = self.mllm.model(**kwargs)
+        from vesselctl.model.acceleration import run_with_compile_fallback
+
+        cache = self.__dict__.get("encoder_cache")
+        if cache is not None and batch.vision_keys is not None:
+            with self._cached_vision_tower(cache, batch.vision_keys):
+                outputs = run_with_compile_fallback(self, lambda: self.mllm.model(**kwargs))
+        else:
+            outputs = run_with_compile_fallback(self, lambda: self.mllm.model(**kwargs))
         return outputs.last_hidden_state
+
+    @contextlib.contextmanager
+    def _cached_vision_tower(self, cache: Any, keys: list[str]) -> Iterator[None]:
+        """Serve the frozen vision tower's last hidden state from ``cache`` inside the block.
+
+        The MLLM calls its vision tower and reads ``last_hidden_state`` (vision_feature_layer
+        -1, as every released InternVL-based Sa2VA); the trainable projector still runs.
+        """
+        from transformers.modeling_outputs import BaseModelOutput
+
+        layer = getattr(self.config.mllm_config, "vision_feature_layer", -1)
+        if self.config.family != "internvl" or layer != -1:
+            raise ModelError(
+                "the encoder cache serves the InternVL vision tower's last layer only; found "
+                f"family {self.config.family}, vision_feature_layer {layer}"
+            )
+        tower = self.mllm.model.vision_tower
+        original = tower.forward
+
+        def cached_forward(pixel_values: torch.Tensor, **kwargs: Any) -> BaseModelOutput:
+            def compute(x: torch.Tensor) -> torch.Tensor:
+                return original(pixel_values=x, **kwargs).last_hidden_state
+
+            return BaseModelOutput(last_hidden_state=cache.vision(keys, pixel_values, compute))
+
+        tower.forward = cached_forward
+        try:
+            yield
+        finally:
+            del tower.forward
 
     def _mllm_takes_mm_token_types(self) -> bool:
         """transformers >= 5.2x builds Qwen2.5-VL's 3D (mrope) positions only when given
@@ -192,22 +231,31 @@ class Sa2VAModel(PreTrainedModel):
 
     # --- the SAM2 side -------------------------------------------------------------------
 
-    def sam2_image_embeddings(self, sam2_pixel_values: torch.Tensor) -> list[torch.Tensor]:
+    def sam2_image_embeddings(
+        self, sam2_pixel_values: torch.Tensor, keys: list[str] | None = None
+    ) -> list[torch.Tensor]:
         """SAM2 feature maps per image, high resolution first: [B, C_i, h_i, w_i] each.
 
-        ``no_memory_embedding`` is added to the lowest-resolution map (a single frame has no
-        memory), as the official image path does. The two high-resolution maps are already
-        projected by the mask decoder's ``conv_s0`` / ``conv_s1`` (``get_image_features`` does it).
+        The frozen image encoder's FPN maps (from the encoder cache when one is enabled and
+        ``keys`` are given), then the mask decoder's ``conv_s0`` / ``conv_s1`` on the two
+        high-resolution maps (as ``Sam2Model.get_image_features`` does; they train with the
+        decoder), and ``no_memory_embedding`` added to the lowest-resolution map (a single frame
+        has no memory), as the official image path does.
         """
         pixel_values = sam2_pixel_values.to(self.sam2.dtype)
-        batch_size = pixel_values.shape[0]
-        features = self.sam2.get_image_features(pixel_values, return_dict=True)
-        maps = list(features.fpn_hidden_states)  # each [h*w, B, C]
-        maps[-1] = maps[-1] + self.sam2.no_memory_embedding
-        return [
-            m.permute(1, 2, 0).reshape(batch_size, -1, *size)
-            for m, size in zip(maps, self.sam2.backbone_feature_sizes, strict=True)
-        ]
+
+        def encode(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            return tuple(self.sam2.vision_encoder(x, return_dict=True).fpn_hidden_states)
+
+        cache = self.__dict__.get("encoder_cache")
+        if cache is not None and keys is not None:
+            maps = list(cache.sam2(keys, pixel_values, encode))
+        else:
+            maps = list(encode(pixel_values))
+        maps[0] = self.sam2.mask_decoder.conv_s0(maps[0])
+        maps[1] = self.sam2.mask_decoder.conv_s1(maps[1])
+        maps[-1] = maps[-1] + self.sam2.no_memory_embedding.reshape(1, -1, 1, 1)
+        return maps
 
     def decode_masks(
         self,
@@ -258,7 +306,7 @@ class Sa2VAModel(PreTrainedModel):
         gathered = gather_seg_hidden_states(
             hidden_states, batch.input_ids, batch.attention_mask, self.seg_token_id
         )
-        image_embeddings = self.sam2_image_embeddings(batch.sam2_pixel_values)
+        image_embeddings = self.sam2_image_embeddings(batch.sam2_pixel_values, batch.sam2_keys)
         prompts = self.text_hidden_fcs(gathered.hidden)
         logits, iou = self.decode_masks(image_embeddings, prompts, gathered.image_index)
         return gathered, logits, iou
@@ -292,7 +340,7 @@ class Sa2VAModel(PreTrainedModel):
         gathered = gather_seg_hidden_states(
             hidden_states, batch.input_ids, batch.attention_mask, self.seg_token_id
         )
-        image_embeddings = self.sam2_image_embeddings(batch.sam2_pixel_values)
+        image_embeddings = self.sam2_image_embeddings(batch.sam2_pixel_values, batch.sam2_keys)
         n_seg = int(gathered.hidden.shape[0])
         if n_seg > 0:
             prompts = self.text_hidden_fcs(gathered.hidden)

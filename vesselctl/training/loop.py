@@ -7,7 +7,10 @@ The loop does not know the strategy: it talks to an engine (``training/engine.py
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import random
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as torch_dist
-from torch import nn
 
 from vesselctl.errors import TrainingError
 from vesselctl.metrics import cldice_score, dice_score
@@ -172,7 +174,7 @@ class TrainingLoop:
         gather = (
             self.engine.gathered(params)
             if isinstance(self.engine, DeepSpeedEngine)
-            else _nullcontext()
+            else contextlib.nullcontext()
         )
         with gather:
             state = ckpt.trainable_state(module) if self.dist.is_main else {}
@@ -448,25 +450,14 @@ class TrainingLoop:
         return record
 
 
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     if dtype is None:
-        return _nullcontext()
+        return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
     """Seed python, numpy and torch; optionally force deterministic kernels."""
-    import os
-    import random
-
     random.seed(seed)
     np.random.seed(seed & 0xFFFFFFFF)
     torch.manual_seed(seed)
@@ -475,7 +466,3 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         # warn_only: a few CUDA kernels have no deterministic version; warn rather than crash.
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
