@@ -14,6 +14,7 @@ from vesselctl.model.acceleration import (
     attach_encoder_keys,
     check_encoder_cache_allowed,
     choose_gradient_checkpointing,
+    compile_blocks,
     compile_llm_layers,
     enable_encoder_cache,
     is_compile_failure,
@@ -127,6 +128,11 @@ def test_compiled_llm_layers_give_the_same_losses_and_gradients(tiny):
     batch = processor(_samples(2), train=True)
     plain = _loss_and_grads(model, batch)
     torch._dynamo.reset()
+    # Every repeated block is found (tracing happens at the first call; only the LLM runs here,
+    # the encoders' compiled run is exercised by benchmarks/perf.py).
+    assert compile_blocks(model, ("llm", "vision", "sam2"), backend="aot_eager") == 2 + 2 + 5
+    uncompile_llm_layers(model)
+    assert not llm_layers_compiled(model)
     assert compile_llm_layers(model, backend="aot_eager") == 2
     try:
         assert llm_layers_compiled(model)
