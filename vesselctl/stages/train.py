@@ -116,7 +116,7 @@ def run(settings: TrainSettings) -> TrainResult:
     # 4. Same seed on every rank so newly initialised weights agree; then a per-rank seed so
     #    dropout differs between ranks.
     seed_everything(settings.seed, settings.deterministic)
-    model, processor = _build_model(settings)
+    model, processor = _build_model(settings, bf16)
     if settings.processor.overrides():
         processor = type(processor)(
             processor.tokenizer, processor.options, **settings.processor.overrides()
@@ -267,11 +267,15 @@ def run(settings: TrainSettings) -> TrainResult:
     return result
 
 
-def _build_model(settings: TrainSettings) -> tuple[Any, Any]:
-    """The model and processor from the configured source."""
+def _build_model(settings: TrainSettings, bf16: bool) -> tuple[Any, Any]:
+    """The model and processor from the configured source. Without bf16 training the weights
+    load in fp32 (dtype auto would pick bf16 on a GPU, and nothing would cast the inputs)."""
     from vesselctl.model.load import load_model
 
-    return load_model(settings.model)
+    source = settings.model
+    if source.dtype == "auto" and not bf16:
+        source = source.model_copy(update={"dtype": "float32"})
+    return load_model(source)
 
 
 def _new_token_ids(tokenizer: Any, tokens: tuple[str, ...]) -> list[int]:
