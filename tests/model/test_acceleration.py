@@ -212,3 +212,20 @@ def test_new_token_rows_train_with_the_same_loss_as_full_copies(tiny):
     (full_row,) = [g[seg] for g in full_embed.values()]
     (delta,) = new_embed.values()
     assert torch.allclose(full_row, delta[0], atol=1e-6)
+
+
+def test_model_compile_setting_compiles_the_chosen_blocks():
+    from vesselctl.model.acceleration import compiled_blocks
+    from vesselctl.model.load import load_model
+    from vesselctl.settings.model import ModelSourceSettings
+
+    def compiled(model, part):
+        return [b._compiled_call_impl is not None for b in compiled_blocks(model, (part,))]
+
+    model, _ = load_model(ModelSourceSettings(compile="off", dtype="float32"))
+    assert not llm_layers_compiled(model)
+    model, _ = load_model(ModelSourceSettings(compile="llm", dtype="float32"))
+    assert all(compiled(model, "llm")) and not any(compiled(model, "sam2"))
+    model, _ = load_model(ModelSourceSettings(compile="all", dtype="float32"))
+    assert all(compiled(model, "llm") + compiled(model, "vision") + compiled(model, "sam2"))
+    uncompile_llm_layers(model)
