@@ -14,6 +14,7 @@ from vesselctl.model.acceleration import (
     attach_encoder_keys,
     check_encoder_cache_allowed,
     choose_gradient_checkpointing,
+    compile_blocks,
     compile_llm_layers,
     enable_encoder_cache,
     is_compile_failure,
@@ -127,6 +128,11 @@ def test_compiled_llm_layers_give_the_same_losses_and_gradients(tiny):
     batch = processor(_samples(2), train=True)
     plain = _loss_and_grads(model, batch)
     torch._dynamo.reset()
+    # Every repeated block is found (tracing happens at the first call; only the LLM runs here,
+    # the encoders' compiled run is exercised by benchmarks/perf.py).
+    assert compile_blocks(model, ("llm", "vision", "sam2"), backend="aot_eager") == 2 + 2 + 5
+    uncompile_llm_layers(model)
+    assert not llm_layers_compiled(model)
     assert compile_llm_layers(model, backend="aot_eager") == 2
     try:
         assert llm_layers_compiled(model)
@@ -206,3 +212,20 @@ def test_new_token_rows_train_with_the_same_loss_as_full_copies(tiny):
     (full_row,) = [g[seg] for g in full_embed.values()]
     (delta,) = new_embed.values()
     assert torch.allclose(full_row, delta[0], atol=1e-6)
+
+
+def test_model_compile_setting_compiles_the_chosen_blocks():
+    from vesselctl.model.acceleration import compiled_blocks
+    from vesselctl.model.load import load_model
+    from vesselctl.settings.model import ModelSourceSettings
+
+    def compiled(model, part):
+        return [b._compiled_call_impl is not None for b in compiled_blocks(model, (part,))]
+
+    model, _ = load_model(ModelSourceSettings(compile="off", dtype="float32"))
+    assert not llm_layers_compiled(model)
+    model, _ = load_model(ModelSourceSettings(compile="llm", dtype="float32"))
+    assert all(compiled(model, "llm")) and not any(compiled(model, "sam2"))
+    model, _ = load_model(ModelSourceSettings(compile="all", dtype="float32"))
+    assert all(compiled(model, "llm") + compiled(model, "vision") + compiled(model, "sam2"))
+    uncompile_llm_layers(model)

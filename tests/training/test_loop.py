@@ -140,3 +140,14 @@ def test_resume_with_another_effective_batch_is_refused(tmp_path: Path) -> None:
     other.cfg.effective_batch = 8  # e.g. twice the GPUs with the same accumulation
     with pytest.raises(TrainingError, match="effective batch 16"):
         other.restore(tmp_path / "checkpoints" / "step_3")
+
+
+def test_resume_under_another_strategy_is_refused(tmp_path: Path) -> None:
+    first, _ = _loop(tmp_path, total=3, every=3)
+    first.run(_batches(), 0.0)
+    progress = ckpt.read_progress(tmp_path / "checkpoints" / "step_3")
+    progress["strategy"] = "zero2"
+    (tmp_path / "checkpoints" / "step_3" / ckpt.PROGRESS_NAME).write_text(json.dumps(progress))
+    other, _ = _loop(tmp_path, total=3)
+    with pytest.raises(TrainingError, match="--strategy zero2"):
+        other.restore(tmp_path / "checkpoints" / "step_3")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -78,8 +78,19 @@ def train(
     }
     settings = load_settings(TrainSettings, config, overrides(set_), flags)
     result = stage.run(settings)
-    if os.environ.get("RANK", "0") != "0":
-        return  # under a launcher only rank 0 prints the summary
+    # Under a launcher only rank 0 prints, and not when vesselctl relaunched itself: the
+    # relaunching process prints the summary.
+    quiet = os.environ.get("RANK", "0") != "0" or bool(os.environ.get(stage.LAUNCH_ID_ENV))
+    if not quiet:
+        _print_summary(result)
+    if result.status == "interrupted":
+        if not quiet:
+            console.print("stopped by SIGTERM after saving; continue with --resume auto")
+        raise typer.Exit(code=EXIT_INTERRUPTED)
+
+
+def _print_summary(result: Any) -> None:
+    """The run in one table: status, steps, strategy, loss, best val Dice, last checkpoint."""
     rows = [
         ("status", result.status),
         ("run folder", result.run_dir),
@@ -94,6 +105,3 @@ def train(
     if result.last_checkpoint:
         rows.append(("last checkpoint", result.last_checkpoint))
     print_kv_table("train", rows)
-    if result.status == "interrupted":
-        console.print("stopped by SIGTERM after saving; continue with --resume auto")
-        raise typer.Exit(code=EXIT_INTERRUPTED)

@@ -27,40 +27,81 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-# --- torch.compile on the LLM layers -----------------------------------------------------------
+# --- torch.compile, one repeated layer at a time ------------------------------------------------
+
+#: The repeated blocks of each part, by their path inside Sa2VAModel (InternVL, then Qwen2.5-VL).
+COMPILE_PARTS: dict[str, tuple[str, ...]] = {
+    "llm": ("mllm.model.language_model.layers",),
+    "vision": ("mllm.model.vision_tower.encoder.layer", "mllm.model.visual.blocks"),
+    "sam2": ("sam2.vision_encoder.backbone.blocks",),
+}
 
 
-def llm_layers(model: nn.Module) -> list[nn.Module]:
-    """The decoder layers of a Sa2VAModel's LLM (through a peft wrapper too)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return list(base.mllm.model.language_model.layers)
+def _base(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def compiled_blocks(model: nn.Module, parts: tuple[str, ...] = tuple(COMPILE_PARTS)) -> list:
+    """The repeated blocks of ``parts`` ("llm", "vision", "sam2") of a Sa2VAModel (through a
+    peft wrapper too)."""
+    base = _base(model)
+    blocks: list[nn.Module] = []
+    for part in parts:
+        if part not in COMPILE_PARTS:
+            raise ModelError(f"compile part '{part}' is unknown; expected {tuple(COMPILE_PARTS)}")
+        for path in COMPILE_PARTS[part]:
+            try:
+                blocks.extend(base.get_submodule(path))
+                break
+            except AttributeError:
+                continue
+    return blocks
+
+
+def compile_blocks(
+    model: nn.Module,
+    parts: tuple[str, ...] = ("llm",),
+    mode: str | None = None,
+    backend: str | Callable = "inductor",
+) -> int:
+    """``torch.compile`` every repeated block of ``parts`` in place ("regional" compilation).
+
+    Blocks of the same shape share one compiled graph, so this compiles in seconds where
+    whole-model compilation takes minutes, and it fuses the many small LoRA / norm / activation
+    kernels that make the small LLMs launch-bound. In place (``nn.Module.compile``), so
+    parameter names and checkpoints do not change. Returns the number of blocks compiled.
+    ``backend`` other than inductor is for tests and debugging.
+    """
+    import torch._dynamo
+
+    # SAM2's Hiera stages differ in width and window size, and sequence lengths vary between
+    # batches: each is a recompile of the same code. The default limit (8) would silently
+    # leave later blocks eager.
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(64, getattr(torch._dynamo.config, name)))
+    blocks = compiled_blocks(model, parts)
+    for block in blocks:
+        block.compile(mode=mode, backend=backend)
+    return len(blocks)
 
 
 def compile_llm_layers(
     model: nn.Module, mode: str | None = None, backend: str | Callable = "inductor"
 ) -> int:
-    """``torch.compile`` every LLM decoder layer in place ("regional" compilation).
-
-    One layer's code is traced once and reused by all layers (same code, same shapes), so this
-    compiles in seconds where whole-model compilation takes minutes, and it fuses the many
-    small LoRA / norm / activation kernels that make the small LLMs launch-bound. In place
-    (``nn.Module.compile``), so parameter names and checkpoints do not change. Returns the
-    number of layers compiled. ``backend`` other than inductor is for tests and debugging.
-    """
-    layers = llm_layers(model)
-    for layer in layers:
-        layer.compile(mode=mode, backend=backend)
-    return len(layers)
+    """``compile_blocks`` on the LLM decoder layers only."""
+    return compile_blocks(model, ("llm",), mode=mode, backend=backend)
 
 
 def uncompile_llm_layers(model: nn.Module) -> None:
-    """Back to eager execution for every LLM layer."""
-    for layer in llm_layers(model):
-        layer._compiled_call_impl = None
+    """Back to eager execution for every compiled block (LLM, vision, SAM2)."""
+    for block in compiled_blocks(model):
+        block._compiled_call_impl = None
 
 
 def llm_layers_compiled(model: nn.Module) -> bool:
-    return any(getattr(layer, "_compiled_call_impl", None) for layer in llm_layers(model))
+    """Whether any block of the model is compiled."""
+    return any(getattr(block, "_compiled_call_impl", None) for block in compiled_blocks(model))
 
 
 def is_compile_failure(exc: BaseException) -> bool:

@@ -120,6 +120,13 @@ def _initialise_text_hidden_fcs(model: Sa2VAModel) -> None:
 def _finish(model: Sa2VAModel, source: ModelSourceSettings) -> Sa2VAModel:
     if source.gradient_checkpointing:
         model.set_llm_gradient_checkpointing(True)
+    if source.compile != "off":
+        from vesselctl.model.acceleration import compile_blocks
+
+        # Compiles lazily at the first call; a failure there falls back to eager (see
+        # acceleration.run_with_compile_fallback).
+        parts = ("llm",) if source.compile == "llm" else ("llm", "vision", "sam2")
+        compile_blocks(model, parts)
     return model
 
 

@@ -247,11 +247,15 @@ class Sa2VAModel(PreTrainedModel):
         def encode(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
             return tuple(self.sam2.vision_encoder(x, return_dict=True).fpn_hidden_states)
 
+        from vesselctl.model.acceleration import run_with_compile_fallback
+
         cache = self.__dict__.get("encoder_cache")
         if cache is not None and keys is not None:
-            maps = list(cache.sam2(keys, pixel_values, encode))
+            maps = list(
+                run_with_compile_fallback(self, lambda: cache.sam2(keys, pixel_values, encode))
+            )
         else:
-            maps = list(encode(pixel_values))
+            maps = list(run_with_compile_fallback(self, lambda: encode(pixel_values)))
         maps[0] = self.sam2.mask_decoder.conv_s0(maps[0])
         maps[1] = self.sam2.mask_decoder.conv_s1(maps[1])
         maps[-1] = maps[-1] + self.sam2.no_memory_embedding.reshape(1, -1, 1, 1)

@@ -57,6 +57,11 @@ class ModelSourceSettings(Section):
     gradient_checkpointing: bool = Field(
         False, description="Recompute LLM activations in backward (less memory, ~30% slower)."
     )
+    compile: Literal["off", "llm", "all"] = Field(
+        "off",
+        description="torch.compile the repeated blocks: llm (LLM decoder layers), all (also the "
+        "vision tower and SAM2 image encoder); falls back to eager if compilation fails.",
+    )
 
     @model_validator(mode="after")
     def _check_paths_for_kind(self) -> ModelSourceSettings:

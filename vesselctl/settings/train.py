@@ -232,7 +232,8 @@ class TrainSettings(Section):
         False, description="Use deterministic algorithms (slower; bitwise-repeatable on one GPU)."
     )
     precision: Literal["auto", "bf16", "fp32"] = Field(
-        "auto", description="Training precision: auto is bf16 on CUDA and fp32 on CPU."
+        "auto",
+        description="Training precision: auto is bf16 on GPUs that support it and fp32 otherwise.",
     )
     model: ModelSourceSettings = Field(default_factory=ModelSourceSettings)
     data: DataSettings = Field(default_factory=DataSettings)

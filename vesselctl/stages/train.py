@@ -94,20 +94,29 @@ def run(settings: TrainSettings) -> TrainResult:
 
     # 3. Device and process group before the model: the model is built on this rank's device.
     cuda = torch.cuda.is_available()
+    if cuda and dist.local_rank >= torch.cuda.device_count():
+        raise ConfigError(
+            f"process {dist.rank} is local rank {dist.local_rank} but this machine shows "
+            f"{torch.cuda.device_count()} GPU(s); set --gpus to at most the GPUs per machine"
+        )
     device = torch.device("cuda", dist.local_rank) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
     if dist.is_distributed and not torch.distributed.is_initialized():
         export_dist_env(dist)
         torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
-    bf16 = settings.precision == "bf16" or (settings.precision == "auto" and cuda)
-    if bf16 and not cuda:
-        raise ConfigError("precision 'bf16' needs a CUDA GPU; use precision auto or fp32 on CPU")
+    bf16_ok = cuda and torch.cuda.is_bf16_supported()
+    bf16 = settings.precision == "bf16" or (settings.precision == "auto" and bf16_ok)
+    if bf16 and not bf16_ok:
+        raise ConfigError(
+            "precision 'bf16' needs a CUDA GPU with bf16 support (Ampere or newer); use "
+            "precision auto or fp32"
+        )
 
     # 4. Same seed on every rank so newly initialised weights agree; then a per-rank seed so
     #    dropout differs between ranks.
     seed_everything(settings.seed, settings.deterministic)
-    model, processor = _build_model(settings)
+    model, processor = _build_model(settings, bf16)
     if settings.processor.overrides():
         processor = type(processor)(
             processor.tokenizer, processor.options, **settings.processor.overrides()
@@ -258,11 +267,15 @@ def run(settings: TrainSettings) -> TrainResult:
     return result
 
 
-def _build_model(settings: TrainSettings) -> tuple[Any, Any]:
-    """The model and processor from the configured source."""
+def _build_model(settings: TrainSettings, bf16: bool) -> tuple[Any, Any]:
+    """The model and processor from the configured source. Without bf16 training the weights
+    load in fp32 (dtype auto would pick bf16 on a GPU, and nothing would cast the inputs)."""
     from vesselctl.model.load import load_model
 
-    return load_model(settings.model)
+    source = settings.model
+    if source.dtype == "auto" and not bf16:
+        source = source.model_copy(update={"dtype": "float32"})
+    return load_model(source)
 
 
 def _new_token_ids(tokenizer: Any, tokens: tuple[str, ...]) -> list[int]:

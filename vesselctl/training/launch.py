@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -136,6 +137,18 @@ def relaunch(settings: DistributedSettings, settings_file: Path, command: str = 
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // settings.gpus)))
     completed = subprocess.run(argv, env=env, check=False)
     return completed.returncode
+    process = subprocess.Popen(command, env=env)
+
+    # A scheduler may signal only this process: pass SIGTERM on so the workers save and stop
+    # (torchrun gives them about 30 s before it kills them).
+    def forward(signum: int, frame: object) -> None:
+        process.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        return process.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def choose_strategy(

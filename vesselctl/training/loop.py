@@ -205,7 +205,17 @@ class TrainingLoop:
                 "micro_batch x accumulation x processes the same (e.g. change "
                 "optim.accumulation) so the data position and schedule stay valid"
             )
-        if saved_world != self.dist.world_size and isinstance(self.engine, DeepSpeedEngine):
+        saved_strategy = str(progress.get("strategy"))
+        deepspeed_now = isinstance(self.engine, DeepSpeedEngine)
+        if (saved_strategy in ("zero2", "zero3")) != deepspeed_now or (
+            deepspeed_now and saved_strategy != self.cfg.strategy
+        ):
+            raise TrainingError(
+                f"{folder}: written with strategy {saved_strategy} but this run resolved to "
+                f"{self.cfg.strategy}; optimiser states of the two are stored differently. "
+                f"Resume with --strategy {saved_strategy} (and the same number of processes)"
+            )
+        if saved_world != self.dist.world_size and deepspeed_now:
             raise TrainingError(
                 f"{folder}: written by {saved_world} processes but this run has "
                 f"{self.dist.world_size}; DeepSpeed's ZeRO optimiser state is partitioned per "
