@@ -135,9 +135,7 @@ def relaunch(settings: DistributedSettings, settings_file: Path, command: str = 
     # Each worker uses its own threads; torchrun's default of 1 OpenMP thread is what we want on
     # GPUs, and on CPU it keeps N processes from fighting over the same cores.
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // settings.gpus)))
-    completed = subprocess.run(argv, env=env, check=False)
-    return completed.returncode
-    process = subprocess.Popen(command, env=env)
+    process = subprocess.Popen(argv, env=env)
 
     # A scheduler may signal only this process: pass SIGTERM on so the workers save and stop
     # (torchrun gives them about 30 s before it kills them).
