@@ -311,8 +311,14 @@ def run_config(
         trained.zero_grad(set_to_none=True)
         row["compile_fallback"] = reason
     if spec["ckpt"] == "auto":
+        # AdamW's two fp32 states per trainable value do not exist before the first step.
+        adam_bytes = 8 * sum(p.numel() for p in trained.parameters() if p.requires_grad)
         choice = choose_gradient_checkpointing(
-            model, lambda: forward_backward(batches[0]), device, args.ckpt_memory_fraction
+            model,
+            lambda: forward_backward(batches[0]),
+            device,
+            args.ckpt_memory_fraction,
+            pending_bytes=adam_bytes,
         )
         trained.zero_grad(set_to_none=True)
         row["ckpt_choice"] = {
