@@ -285,7 +285,9 @@ def run_config(
         for b in batches:
             b.vision_keys = b.sam2_keys = None
     if spec["compile"]:
-        row["compiled_blocks"] = compile_llm_layers(model, backend=args.compile_backend)
+        row["compiled_blocks"] = compile_llm_layers(
+            model, mode=args.compile_mode, backend=args.compile_backend
+        )
 
     first_losses: list[list[float]] = []
 
@@ -311,8 +313,14 @@ def run_config(
         trained.zero_grad(set_to_none=True)
         row["compile_fallback"] = reason
     if spec["ckpt"] == "auto":
+        # AdamW's two fp32 states per trainable value do not exist before the first step.
+        adam_bytes = 8 * sum(p.numel() for p in trained.parameters() if p.requires_grad)
         choice = choose_gradient_checkpointing(
-            model, lambda: forward_backward(batches[0]), device, args.ckpt_memory_fraction
+            model,
+            lambda: forward_backward(batches[0]),
+            device,
+            args.ckpt_memory_fraction,
+            pending_bytes=adam_bytes,
         )
         trained.zero_grad(set_to_none=True)
         row["ckpt_choice"] = {
@@ -381,7 +389,7 @@ def run_predict(shape: Shape, args: argparse.Namespace, device: Any) -> list[dic
         with torch.inference_mode():
             if mode == "compiled":
                 parts = tuple(p for p in args.predict_compile.split(",") if p)
-                compile_blocks(model, parts, backend=args.compile_backend)
+                compile_blocks(model, parts, mode=args.compile_mode, backend=args.compile_backend)
                 start = time.perf_counter()
                 out = model.predict_probabilities(batch)
                 _sync(device)
@@ -522,6 +530,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--distinct-batches", type=int, default=3)
     parser.add_argument("--compile-backend", default="inductor")
+    parser.add_argument(
+        "--compile-mode",
+        default=None,
+        help="torch.compile mode, e.g. max-autotune-no-cudagraphs (default: torch's default)",
+    )
     parser.add_argument("--ckpt-memory-fraction", type=float, default=0.9)
     parser.add_argument("--no-flops", dest="count_flops", action="store_false")
     parser.add_argument("--flops-config", default="no_ckpt", choices=list(CONFIGS))

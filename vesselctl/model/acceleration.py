@@ -183,6 +183,7 @@ def choose_gradient_checkpointing(
     step: Callable[[], Any],
     device: torch.device,
     memory_fraction: float = 0.9,
+    pending_bytes: int = 0,
 ) -> CheckpointingChoice:
     """Run one training step without gradient checkpointing on ``device`` and keep it off when
     the step's peak memory stays under ``memory_fraction`` of the GPU; else switch it on.
@@ -190,7 +191,9 @@ def choose_gradient_checkpointing(
     Measured, not guessed: activations depend on tokens per sample, micro-batch and the model,
     which no static rule captures. On a CPU device checkpointing stays off (no memory limit to
     protect). ``step`` must run forward and backward of one micro-batch of the real size; the
-    caller zeroes gradients afterwards.
+    caller zeroes gradients afterwards. ``pending_bytes``: memory the run will hold later but
+    the probe does not (e.g. AdamW's two fp32 states per trainable value before the first
+    optimiser step), added to the measured peak.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if device.type != "cuda":
@@ -203,7 +206,7 @@ def choose_gradient_checkpointing(
     torch.cuda.reset_peak_memory_stats(device)
     try:
         step()
-        peak = torch.cuda.max_memory_allocated(device)
+        peak = torch.cuda.max_memory_allocated(device) + pending_bytes
     except torch.OutOfMemoryError:
         peak = None
     torch.cuda.empty_cache()
