@@ -41,8 +41,16 @@ class RemappedProcessor:
     def replace_options(self, **changes: Any) -> RemappedProcessor:
         return RemappedProcessor(self.processor.replace_options(**changes), self.id_map)
 
+    def encode(self, sample: Any, train: bool = False) -> Any:
+        return self.processor.encode(sample, train)
+
+    def collate(self, encoded: Any, train: bool) -> Any:
+        return self._remap(self.processor.collate(encoded, train))
+
     def __call__(self, samples: Any, train: bool = False, **kwargs: Any) -> Any:
-        batch = self.processor(samples, train=train, **kwargs)
+        return self._remap(self.processor(samples, train=train, **kwargs))
+
+    def _remap(self, batch: Any) -> Any:
         ids = batch.input_ids.clone()
         for old, new in self.id_map.items():
             ids[batch.input_ids == old] = new

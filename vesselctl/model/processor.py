@@ -168,8 +168,8 @@ def _first(value: Any) -> Any:
 
 
 @dataclass
-class _Encoded:
-    """One processed sample before collation."""
+class EncodedSample:
+    """One processed sample before collation (``Sa2VAProcessor.encode`` -> ``collate``)."""
 
     input_ids: list[int]
     labels: list[int]
@@ -335,7 +335,7 @@ class Sa2VAProcessor:
 
     def _encode_sample(
         self, sample: SegSample, train: bool, rng: random.Random | None, prompt_only: bool
-    ) -> _Encoded:
+    ) -> EncodedSample:
         import torch
 
         o = self.options
@@ -388,7 +388,7 @@ class Sa2VAProcessor:
         mm_types = None
         if o.family == "qwen2_5_vl":
             mm_types = [1 if t == self.image_token_id else 0 for t in input_ids]
-        return _Encoded(
+        return EncodedSample(
             input_ids=input_ids,
             labels=labels,
             mm_token_type_ids=mm_types,
@@ -437,11 +437,28 @@ class Sa2VAProcessor:
         ``prompt_only=True`` (with ``train=False``, one phrase per sample): the text ends with
         the assistant header, for ``generate``-style inference.
         """
-        import torch
-
         if not samples:
             raise ModelError("processor called with no samples; a batch needs at least one")
         encoded = [self._encode_sample(s, train, rng, prompt_only) for s in samples]
+        return self.collate(encoded, train)
+
+    def encode(
+        self,
+        sample: SegSample,
+        train: bool = True,
+        rng: random.Random | None = None,
+        prompt_only: bool = False,
+    ) -> EncodedSample:
+        """Process one sample without collating: the expensive part, which loader workers can
+        do image by image before ``collate`` pads a batch together."""
+        return self._encode_sample(sample, train, rng, prompt_only)
+
+    def collate(self, encoded: Sequence[EncodedSample], train: bool) -> Sa2VABatch:
+        """Pad and stack encoded samples into one batch (right padding)."""
+        import torch
+
+        if not encoded:
+            raise ModelError("collate called with no samples; a batch needs at least one")
         length = max(len(e.input_ids) for e in encoded)
         batch_size = len(encoded)
         input_ids = torch.full((batch_size, length), self.tokenizer.pad_token_id, dtype=torch.long)

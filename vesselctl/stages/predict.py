@@ -287,62 +287,56 @@ def run_views(
 
 @dataclass
 class LoadedImage:
-    """One image read by a loader worker: its views, or why it could not be read."""
+    """One image prepared by a loader worker: its views encoded for the model, or why it could
+    not be read."""
 
     item: PredictItem
     image: np.ndarray | None
     views: list[View]
+    encoded: list[Any] = field(default_factory=list)
     error: str | None = None
 
 
-class ImageViewsDataset:
-    """Reads image i and cuts its views (a map-style dataset for torch's DataLoader).
+def view_crops(image: np.ndarray, views: Sequence[View]) -> list[np.ndarray]:
+    """The pixels of each view (mirrored where the view says so)."""
+    crops = []
+    for view in views:
+        y0, x0, y1, x1 = view.box
+        crop = image[y0:y1, x0:x1]
+        crops.append(np.ascontiguousarray(crop[:, ::-1] if view.flipped else crop))
+    return crops
 
-    Reading, tiling and the processor run in loader worker processes so the GPU never waits for
-    the CPU (the processor's resizing costs tens of milliseconds per image).
+
+class ImageViewsDataset:
+    """Reads image i, cuts its views and encodes them (a dataset for torch's DataLoader).
+
+    Work is per image, so every loader worker stays busy whatever the batch size; the cheap
+    padding into batches happens in the main process (``Sa2VAProcessor.collate``). Reading and
+    the processor's resizing cost tens of milliseconds per image: done here, beside the GPU.
     """
 
-    def __init__(self, items: Sequence[PredictItem], settings: PredictSettings) -> None:
-        self.items, self.settings = list(items), settings
+    def __init__(
+        self, items: Sequence[PredictItem], settings: PredictSettings, processor: Any
+    ) -> None:
+        self.items, self.settings, self.processor = list(items), settings, processor
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> LoadedImage:
+        from vesselctl.model.batch import SegSample
+
         item = self.items[index]
         try:
             image = item.array if item.array is not None else load_rgb(Path(str(item.path)))
         except DatasetError as exc:
-            return LoadedImage(item, None, [], str(exc))
-        return LoadedImage(item, image, image_views(0, *image.shape[:2], self.settings))
-
-
-class CollateViews:
-    """Turns a list of LoadedImage into (model batch of all their views, the images).
-
-    A top-level class (not a closure) so loader workers can pickle it.
-    """
-
-    def __init__(self, processor: Any, prompt: str) -> None:
-        self.processor, self.prompt = processor, prompt
-
-    def crops(self, loaded: Sequence[LoadedImage]) -> list[np.ndarray]:
-        crops = []
-        for entry in loaded:
-            for view in entry.views:
-                y0, x0, y1, x1 = view.box
-                crop = entry.image[y0:y1, x0:x1]  # type: ignore[index]
-                crops.append(np.ascontiguousarray(crop[:, ::-1] if view.flipped else crop))
-        return crops
-
-    def __call__(self, loaded: list[LoadedImage]) -> tuple[Any, list[LoadedImage]]:
-        from vesselctl.model.batch import SegSample
-
-        crops = self.crops(loaded)
-        if not crops:
-            return None, loaded
-        samples = [SegSample(f"view{i}", c, [self.prompt]) for i, c in enumerate(crops)]
-        return self.processor(samples, train=False), loaded
+            return LoadedImage(item, None, [], error=str(exc))
+        views = image_views(0, *image.shape[:2], self.settings)
+        encoded = [
+            self.processor.encode(SegSample(f"{item.id}#{i}", crop, [self.settings.prompt]), False)
+            for i, crop in enumerate(view_crops(image, views))
+        ]
+        return LoadedImage(item, image, views, encoded)
 
 
 def resolve_workers(settings: PredictSettings, device: Any, world: int) -> int:
@@ -357,31 +351,35 @@ def resolve_workers(settings: PredictSettings, device: Any, world: int) -> int:
     return max(1, min(8, (os.cpu_count() or 2) // max(world, 1) - 1))
 
 
-def predict_loader(
+def loaded_groups(
     items: Sequence[PredictItem], processor: Any, settings: PredictSettings, workers: int
-) -> Any:
-    """The DataLoader yielding (batch, images) groups of ``inference.batch_size`` images."""
+) -> Iterator[list[LoadedImage]]:
+    """Groups of ``inference.batch_size`` prepared images, in input order."""
     import torch
 
-    return torch.utils.data.DataLoader(
-        ImageViewsDataset(items, settings),
-        batch_size=settings.inference.batch_size,
+    dataset = ImageViewsDataset(items, settings, processor)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=None,  # one image per worker task; grouped below
         shuffle=False,
         num_workers=workers,
-        # uint8 pixels travel to the GPU and are normalised there (same values, less CPU work)
-        collate_fn=CollateViews(
-            processor.replace_options(normalise_on_device=True), settings.prompt
-        ),
-        pin_memory=False,
-        prefetch_factor=4 if workers else None,
-        persistent_workers=False,
+        prefetch_factor=2 * settings.inference.batch_size // max(workers, 1) + 2
+        if workers
+        else None,
     )
+    group: list[LoadedImage] = []
+    for loaded in loader:
+        group.append(loaded)
+        if len(group) == settings.inference.batch_size:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 def predict_group(
     model: Any,
     processor: Any,
-    batch: Any,
     loaded: Sequence[LoadedImage],
     settings: PredictSettings,
     device: Any,
@@ -395,10 +393,11 @@ def predict_group(
 
     readable = [entry for entry in loaded if entry.image is not None]
     try:
+        batch = processor.collate([e for entry in readable for e in entry.encoded], False)
         probs = _forward(model, batch, device, dtype)
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
-        crops = CollateViews(processor, settings.prompt).crops(readable)
+        crops = [c for entry in readable for c in view_crops(entry.image, entry.views)]
         half = max(1, len(crops) // 2)
         _stderr.print(f"out of GPU memory: this group runs again in batches of {half}")
         probs, _ = run_views(model, processor, crops, settings.prompt, half, device, dtype)
@@ -545,20 +544,21 @@ def predict_items(
         if progress is not None:
             progress.advance()
 
-    loader = predict_loader(items, processor, settings, workers)
+    # uint8 pixels travel to the GPU and are normalised there (same values, less CPU work)
+    on_device = processor.replace_options(normalise_on_device=True)
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="vesselctl-write") as writer:
-        for batch, loaded in loader:
+        for loaded in loaded_groups(items, on_device, settings, workers):
             for entry in loaded:
                 if entry.error is not None:
                     failure = {"id": entry.item.id, "path": str(entry.item.path)}
                     result.failures.append({**failure, "error": entry.error})
                     if progress is not None:
                         progress.advance()
-            if batch is None:
+            readable = [entry for entry in loaded if entry.image is not None]
+            if not readable:
                 continue
             t0 = time.perf_counter()
-            maps = predict_group(model, processor, batch, loaded, settings, device, dtype)
-            readable = [entry for entry in loaded if entry.image is not None]
+            maps = predict_group(model, on_device, loaded, settings, device, dtype)
             per_image_s = (time.perf_counter() - t0) / len(readable)
             for entry, prob in zip(readable, maps, strict=True):
                 future = writer.submit(write_outputs, out, entry.item, entry.image, prob, settings)
