@@ -277,11 +277,24 @@ def _start_method() -> str:
     return "forkserver" if "forkserver" in methods else "spawn"
 
 
+def _preload_worker_modules() -> None:
+    """Import what workers use before forking, so each child does not import it again."""
+    import scipy.ndimage
+    import scipy.spatial
+    import skimage.morphology
+    from PIL import Image
+
+    del scipy, skimage, Image
+
+
 def _pool(workers: int) -> ProcessPoolExecutor:
     """A process pool started with ``_start_method()``."""
     import multiprocessing
 
-    context = multiprocessing.get_context(_start_method())
+    method = _start_method()
+    if method == "fork":
+        _preload_worker_modules()
+    context = multiprocessing.get_context(method)
     return ProcessPoolExecutor(max_workers=workers, mp_context=context)
 
 
