@@ -111,7 +111,7 @@ def test_sweep_on_the_evaluated_split_is_refused(project) -> None:
     settings = _settings(pred=project / "prob", gt=project / "data", out=project / "e")
     settings.threshold.sweep = True
     settings.threshold.sweep_split = "test"
-    with pytest.raises(ConfigError, match="tune on the test data"):
+    with pytest.raises(ConfigError, match="tune on the data being scored"):
         stage.run(settings)
     masks = _settings(pred=project / "prob", gt=project / "data" / "masks", out=project / "e")
     masks.threshold.sweep = True
@@ -124,6 +124,32 @@ def test_default_output_folder_sits_next_to_the_predictions(project, monkeypatch
     result = stage.run(_settings(pred=".", gt=project / "data", workers=1))
     assert result.out_dir.resolve() == (project / "prob-eval").resolve()
     assert (project / "prob-eval" / "result.json").is_file()
+
+
+def test_sweep_with_mask_folders_uses_separate_validation_folders(project) -> None:
+    rng = np.random.default_rng(9)
+    for i in range(3):
+        mask = vessel_mask(rng, 32, 36)
+        save_mask(project / "val_gt" / f"v{i}.png", mask)
+        save_prob(project / "val_prob" / f"v{i}.png", np.where(mask, 0.72, 0.3))
+    test_prob = project / "test_prob"
+    for path in (project / "prob").glob("t*.png"):
+        test_prob.mkdir(exist_ok=True)
+        (test_prob / path.name).write_bytes(path.read_bytes())
+    settings = _settings(pred=test_prob, gt=project / "data" / "masks", out=project / "s")
+    settings.threshold.sweep = True
+    settings.threshold.sweep_gt = project / "val_gt"
+    settings.threshold.sweep_pred = project / "val_prob"
+    settings.threshold.sweep_values = [0.1, 0.5, 0.8]
+    settings.workers = 1
+    with pytest.raises(EvaluationError, match=r"have no prediction .*tr0, v0"):
+        stage.run(settings)  # that folder holds train and val masks too: listed, stops
+    (project / "test_gt").mkdir()
+    for path in (project / "data" / "masks").glob("t*.png"):
+        (project / "test_gt" / path.name).write_bytes(path.read_bytes())
+    settings.gt = project / "test_gt"
+    result = stage.run(settings)
+    assert result.threshold == 0.5 and "validation masks" in result.threshold_source
 
 
 def test_output_inside_an_input_is_refused(project) -> None:

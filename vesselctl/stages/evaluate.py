@@ -149,7 +149,7 @@ def _choose_threshold(settings: EvaluateSettings) -> tuple[float, str, dict[str,
         if thr.sweep_split == settings.split:
             raise ConfigError(
                 f"threshold.sweep_split is '{thr.sweep_split}', the split being evaluated; "
-                "choosing the threshold on it would tune on the test data. Use "
+                "choosing the threshold on it would tune on the data being scored. Use "
                 "--set threshold.sweep_split=val"
             )
         sweep_gt, split = gt, thr.sweep_split
@@ -165,7 +165,7 @@ def _choose_threshold(settings: EvaluateSettings) -> tuple[float, str, dict[str,
                 "threshold.sweep_gt/sweep_pred point at the evaluated folders; the threshold must "
                 "be chosen on separate validation images, not on the ones being scored"
             )
-        sweep_gt, split = Path(thr.sweep_gt), "test"
+        sweep_gt, split = Path(thr.sweep_gt), settings.split  # split is unused for folders
         where = f"validation masks {sweep_gt}"
     matched = match_cases(sweep_pred, sweep_gt, split, settings.fov, allow_missing=False)
     sweep = sweep_thresholds(matched.cases, thr.sweep_values, thr.sweep_metric, settings.workers)
