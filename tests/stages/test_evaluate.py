@@ -145,7 +145,7 @@ def test_sweep_with_mask_folders_uses_separate_validation_folders(project) -> No
     with pytest.raises(EvaluationError, match=r"have no prediction .*tr0, v0"):
         stage.run(settings)  # that folder holds train and val masks too: listed, stops
     (project / "test_gt").mkdir()
-    for path in (project / "data" / "masks").glob("t*.png"):
+    for path in (project / "data" / "masks").glob("t[0-9]*.png"):
         (project / "test_gt" / path.name).write_bytes(path.read_bytes())
     settings.gt = project / "test_gt"
     result = stage.run(settings)
