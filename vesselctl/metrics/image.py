@@ -336,15 +336,6 @@ def threshold_probability(prob: np.ndarray, threshold: float) -> np.ndarray:
     return prob >= threshold
 
 
-def probability_as_float(prob: np.ndarray) -> np.ndarray:
-    """Probabilities in [0, 1] as float64 (uint8/uint16 levels divided by 255 or 65535)."""
-    if prob.dtype == np.uint8:
-        return prob / 255.0
-    if prob.dtype == np.uint16:
-        return prob / 65535.0
-    return np.asarray(prob, dtype=np.float64)
-
-
 def resolve_metric_names(metrics: Collection[str] | None, has_prob: bool) -> tuple[str, ...]:
     """The metrics to compute, in canonical order; None means every metric the inputs allow."""
     if metrics is None:
