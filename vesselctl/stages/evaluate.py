@@ -49,6 +49,9 @@ RESULT_NAME = "result.json"
 RUN_INFO_NAME = "run_info.json"
 OVERLAY_DIR = "overlays"
 
+# Libraries whose versions decide metric values (skeletons, labels, distances, image decoding).
+METRIC_PACKAGES = ("scipy", "scikit-image", "numpy", "pillow")
+
 CONVENTIONS = {
     "foreground_connectivity": FOREGROUND_CONNECTIVITY,
     "background_connectivity": BACKGROUND_CONNECTIVITY,
@@ -361,7 +364,7 @@ def run(
         "empty_policy": EMPTY_POLICY,
         "per_case": rows,
         "settings": settings.model_dump(mode="json"),
-        "versions": package_versions(),
+        "versions": {**package_versions(), **package_versions(METRIC_PACKAGES)},
     }
     atomic_write_json(out_dir / SUMMARY_NAME, _json_safe(summary))
     result = EvaluateResult(
