@@ -196,3 +196,12 @@ def test_settings_validation_messages() -> None:
             ["overlays.rank_by=hd95"],
             {"pred": "p", "gt": "g", "metrics": ["dice"]},
         )
+
+
+def test_settings_metric_names_match_the_engine() -> None:
+    """settings/evaluate.py lists the names without importing numpy; they must not drift."""
+    from vesselctl.metrics.image import CONFUSION_METRICS, METRIC_NAMES
+    from vesselctl.settings.evaluate import METRIC_CHOICES, SWEEP_METRICS
+
+    assert METRIC_CHOICES == METRIC_NAMES
+    assert SWEEP_METRICS == CONFUSION_METRICS
