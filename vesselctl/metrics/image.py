@@ -294,9 +294,9 @@ def _level_histograms(
         _, levels = np.unique(prob, return_inverse=True)
         levels = levels.ravel()
         n_levels = int(levels.max()) + 1 if levels.size else 1
-    positives = np.bincount(levels[gt], minlength=n_levels)
-    negatives = np.bincount(levels[~gt], minlength=n_levels)
-    return positives, negatives
+    # One bincount over (level, label) pairs instead of two over boolean-indexed copies.
+    pairs = np.bincount(levels * 2 + gt, minlength=2 * n_levels).reshape(n_levels, 2)
+    return pairs[:, 1], pairs[:, 0]
 
 
 def auc_scores(
