@@ -96,6 +96,16 @@ def test_progress_callback_counts_every_image(project) -> None:
     assert not (project / "p" / "overlays").exists()
 
 
+def test_rerun_into_the_same_folder_replaces_old_overlays(project) -> None:
+    out = project / "again"
+    settings = _settings(pred=project / "prob", gt=project / "data", out=out, workers=1)
+    settings.overlays.k = 2
+    stage.run(settings)
+    settings.overlays.k = 1
+    stage.run(settings)
+    assert len(list((out / "overlays").glob("*.png"))) == 2
+
+
 def test_sweep_chooses_on_validation_and_reports_it(project) -> None:
     settings = _settings(pred=project / "prob", gt=project / "data", out=project / "e", workers=1)
     settings.threshold.sweep = True

@@ -326,8 +326,14 @@ def run(
     # 5. Optional paired comparison with a second prediction set on the same images.
     comparison = _compare(settings, rows, columns, threshold) if settings.compare else None
 
-    # 6. Write: settings and provenance first, result.json last (it marks a complete run).
+    # 6. Write: settings and provenance first, result.json last (it marks a complete run). A
+    # previous run's result.json and overlays go first, so a re-run that stops half-way does not
+    # look complete and old pictures are not mistaken for new ones.
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / RESULT_NAME).unlink(missing_ok=True)
+    for old_overlay in (out_dir / OVERLAY_DIR).glob("*.png"):
+        if old_overlay.name.startswith(("worst_", "best_")):
+            old_overlay.unlink()
     write_resolved_settings(settings, out_dir)
     atomic_write_json(out_dir / RUN_INFO_NAME, run_provenance())
     atomic_write_text(out_dir / PER_IMAGE_NAME, _per_image_csv(rows, columns))
