@@ -71,3 +71,17 @@ def test_paired_difference_respects_direction() -> None:
 def test_no_rows_is_an_error() -> None:
     with pytest.raises(ValueError, match="no images"):
         aggregate([], ["dice"])
+
+
+def test_array_and_scalar_confusion_metrics_agree_exactly() -> None:
+    from vesselctl.metrics import confusion_metrics
+
+    rng = np.random.default_rng(3)
+    counts = rng.integers(0, 4, size=(300, 4))  # many zeros: every empty-policy branch
+    counts[:5] = [[0, 0, 0, 9], [9, 0, 0, 0], [0, 3, 0, 0], [0, 0, 3, 0], [0, 0, 0, 0]]
+    vectorised = confusion_metrics(*(counts[:, j] for j in range(4)))
+    for i, row in enumerate(counts):
+        scalar = confusion_metrics(*(int(v) for v in row))
+        for name, value in scalar.items():
+            assert isinstance(value, float)
+            assert value == vectorised[name][i], (name, row)

@@ -3,12 +3,14 @@ AUCs, scipy/scikit-image for surfaces, distances, skeletons and labels. Agreemen
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 from pathlib import Path
 
 import numpy as np
 from hypothesis import given, settings
+from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from hypothesis.strategies import integers, tuples
 from scipy import ndimage
@@ -31,6 +33,7 @@ TOL = 1e-9
 _REFERENCE_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "reference_metrics.py"
 
 
+@functools.cache
 def _reference():
     spec = importlib.util.spec_from_file_location("reference_metrics", _REFERENCE_PATH)
     module = importlib.util.module_from_spec(spec)
@@ -146,3 +149,31 @@ def _betti_by_labelling(mask: np.ndarray) -> tuple[int, int]:
 @given(arrays(bool, tuples(integers(1, 9), integers(1, 9))))
 def test_betti_numbers_match_labelling_on_any_pattern(mask: np.ndarray) -> None:
     assert betti_numbers(mask) == _betti_by_labelling(mask)
+
+
+@st.composite
+def _small_cases(draw):
+    shape = draw(tuples(integers(2, 10), integers(2, 10)))
+    pred = draw(arrays(bool, shape))
+    gt = draw(arrays(bool, shape))
+    fov = draw(arrays(bool, shape)) if draw(st.booleans()) else None
+    if fov is not None and not fov.any():
+        fov = None
+    prob = draw(arrays(np.uint8, shape)) if draw(st.booleans()) else None
+    return pred, gt, prob, fov
+
+
+@settings(max_examples=80, deadline=None)
+@given(_small_cases())
+def test_engine_matches_reference_on_any_small_case(case) -> None:
+    """Degenerate inputs included (empty, full, one-pixel masks, FOVs): one policy in both."""
+    pred, gt, prob, fov = case
+    reference = _reference()
+    ours = compute_image_metrics(pred, gt, prob=prob, fov=fov)
+    theirs = reference.reference_image_metrics(pred, gt, prob=prob, fov=fov)
+    assert set(ours) == set(theirs)
+    for key, value in theirs.items():
+        if math.isnan(value):
+            assert math.isnan(ours[key]), key
+        else:
+            assert abs(ours[key] - value) <= TOL, (key, ours[key], value)

@@ -96,6 +96,16 @@ def test_progress_callback_counts_every_image(project) -> None:
     assert not (project / "p" / "overlays").exists()
 
 
+def test_rerun_into_the_same_folder_replaces_old_overlays(project) -> None:
+    out = project / "again"
+    settings = _settings(pred=project / "prob", gt=project / "data", out=out, workers=1)
+    settings.overlays.k = 2
+    stage.run(settings)
+    settings.overlays.k = 1
+    stage.run(settings)
+    assert len(list((out / "overlays").glob("*.png"))) == 2
+
+
 def test_sweep_chooses_on_validation_and_reports_it(project) -> None:
     settings = _settings(pred=project / "prob", gt=project / "data", out=project / "e", workers=1)
     settings.threshold.sweep = True
@@ -111,7 +121,7 @@ def test_sweep_on_the_evaluated_split_is_refused(project) -> None:
     settings = _settings(pred=project / "prob", gt=project / "data", out=project / "e")
     settings.threshold.sweep = True
     settings.threshold.sweep_split = "test"
-    with pytest.raises(ConfigError, match="tune on the test data"):
+    with pytest.raises(ConfigError, match="tune on the data being scored"):
         stage.run(settings)
     masks = _settings(pred=project / "prob", gt=project / "data" / "masks", out=project / "e")
     masks.threshold.sweep = True
@@ -124,6 +134,32 @@ def test_default_output_folder_sits_next_to_the_predictions(project, monkeypatch
     result = stage.run(_settings(pred=".", gt=project / "data", workers=1))
     assert result.out_dir.resolve() == (project / "prob-eval").resolve()
     assert (project / "prob-eval" / "result.json").is_file()
+
+
+def test_sweep_with_mask_folders_uses_separate_validation_folders(project) -> None:
+    rng = np.random.default_rng(9)
+    for i in range(3):
+        mask = vessel_mask(rng, 32, 36)
+        save_mask(project / "val_gt" / f"v{i}.png", mask)
+        save_prob(project / "val_prob" / f"v{i}.png", np.where(mask, 0.72, 0.3))
+    test_prob = project / "test_prob"
+    for path in (project / "prob").glob("t*.png"):
+        test_prob.mkdir(exist_ok=True)
+        (test_prob / path.name).write_bytes(path.read_bytes())
+    settings = _settings(pred=test_prob, gt=project / "data" / "masks", out=project / "s")
+    settings.threshold.sweep = True
+    settings.threshold.sweep_gt = project / "val_gt"
+    settings.threshold.sweep_pred = project / "val_prob"
+    settings.threshold.sweep_values = [0.1, 0.5, 0.8]
+    settings.workers = 1
+    with pytest.raises(EvaluationError, match=r"have no prediction .*tr0, v0"):
+        stage.run(settings)  # that folder holds train and val masks too: listed, stops
+    (project / "test_gt").mkdir()
+    for path in (project / "data" / "masks").glob("t[0-9]*.png"):
+        (project / "test_gt" / path.name).write_bytes(path.read_bytes())
+    settings.gt = project / "test_gt"
+    result = stage.run(settings)
+    assert result.threshold == 0.5 and "validation masks" in result.threshold_source
 
 
 def test_output_inside_an_input_is_refused(project) -> None:
@@ -170,3 +206,12 @@ def test_settings_validation_messages() -> None:
             ["overlays.rank_by=hd95"],
             {"pred": "p", "gt": "g", "metrics": ["dice"]},
         )
+
+
+def test_settings_metric_names_match_the_engine() -> None:
+    """settings/evaluate.py lists the names without importing numpy; they must not drift."""
+    from vesselctl.metrics.image import CONFUSION_METRICS, METRIC_NAMES
+    from vesselctl.settings.evaluate import METRIC_CHOICES, SWEEP_METRICS
+
+    assert METRIC_CHOICES == METRIC_NAMES
+    assert SWEEP_METRICS == CONFUSION_METRICS

@@ -105,11 +105,17 @@ def evaluate(
     if stdout_is_tty():
         from rich.progress import Progress
 
-        with Progress(console=console, transient=True) as bar:
+        # No refresh thread (auto_refresh off): worker processes can then be forked safely.
+        with Progress(console=console, transient=True, auto_refresh=False) as bar:
 
             def progress(total: int) -> Callable[[], None]:
                 task = bar.add_task("scoring images", total=total)
-                return lambda: bar.advance(task)
+
+                def advance() -> None:
+                    bar.advance(task)
+                    bar.refresh()
+
+                return advance
 
             result = stage.run(settings, progress)
     else:

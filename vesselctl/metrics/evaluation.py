@@ -277,11 +277,37 @@ def _start_method() -> str:
     return "forkserver" if "forkserver" in methods else "spawn"
 
 
+_WORKER_MODULES = (
+    "vesselctl.metrics.evaluation",
+    "scipy.ndimage",
+    "scipy.spatial",
+    "skimage.morphology",
+    "PIL.Image",
+)
+
+
+def _preload_worker_modules() -> None:
+    """Import what workers use before forking, so each child does not import it again."""
+    import scipy.ndimage
+    import scipy.spatial
+    import skimage.morphology
+    from PIL import Image
+
+    del scipy, skimage, Image
+
+
 def _pool(workers: int) -> ProcessPoolExecutor:
     """A process pool started with ``_start_method()``."""
     import multiprocessing
 
-    context = multiprocessing.get_context(_start_method())
+    method = _start_method()
+    context = multiprocessing.get_context(method)
+    if method == "fork":
+        _preload_worker_modules()
+    elif method == "forkserver":
+        # Takes effect when this process starts its fork server (once); children then start
+        # with these modules imported instead of importing them each.
+        context.set_forkserver_preload(list(_WORKER_MODULES))
     return ProcessPoolExecutor(max_workers=workers, mp_context=context)
 
 

@@ -23,7 +23,8 @@ Conventions (the same everywhere in vesselctl; also written into every ``summary
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import math
+from collections.abc import Callable, Collection
 from typing import Any
 
 import numpy as np
@@ -127,25 +128,37 @@ def confusion_metrics(tp: Any, fp: Any, fn: Any, tn: Any) -> dict[str, Any]:
     """Dice, IoU, accuracy, sensitivity, specificity, precision, MCC and balanced accuracy.
 
     Accepts scalars (one image, or pooled counts for micro averages) or equal-length arrays
-    (bootstrap resamples); applies ``EMPTY_POLICY``.
+    (bootstrap resamples); applies ``EMPTY_POLICY``. The formulas are written once; scalars use
+    plain float arithmetic (numpy 0-d arrays cost more than the arithmetic itself).
     """
-    tp, fp, fn, tn = (np.asarray(x, dtype=np.float64) for x in (tp, fp, fn, tn))
-    agree = (fp == 0) & (fn == 0)
-    sensitivity = _ratio(tp, tp + fn, agree)
-    specificity = _ratio(tn, tn + fp, agree)
-    mcc_den = np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    total = tp + fp + fn + tn
+    ratio: Callable[[Any, Any], Any]
+    if all(np.ndim(x) == 0 for x in (tp, fp, fn, tn)):
+        tp, fp, fn, tn = float(tp), float(fp), float(fn), float(tn)
+        agree_scalar = fp == 0 and fn == 0
+
+        def ratio(num: Any, den: Any) -> Any:
+            return num / den if den > 0 else (1.0 if agree_scalar else 0.0)
+
+        sqrt: Callable[[Any], Any] = math.sqrt
+    else:
+        tp, fp, fn, tn = (np.asarray(x, dtype=np.float64) for x in (tp, fp, fn, tn))
+        agree = (fp == 0) & (fn == 0)
+
+        def ratio(num: Any, den: Any) -> Any:
+            return _ratio(num, den, agree)
+
+        sqrt = np.sqrt
+    sensitivity = ratio(tp, tp + fn)
+    specificity = ratio(tn, tn + fp)
     return {
-        "dice": _ratio(2 * tp, 2 * tp + fp + fn, agree),
-        "iou": _ratio(tp, tp + fp + fn, agree),
-        "accuracy": _ratio(tp + tn, total, agree),
+        "dice": ratio(2 * tp, 2 * tp + fp + fn),
+        "iou": ratio(tp, tp + fp + fn),
+        "accuracy": ratio(tp + tn, tp + fp + fn + tn),
         "sensitivity": sensitivity,
         "specificity": specificity,
-        "precision": _ratio(tp, tp + fp, agree),
-        "mcc": _ratio(tp * tn - fp * fn, mcc_den, agree),
-        "balanced_accuracy": _ratio(
-            np.asarray(sensitivity) + np.asarray(specificity), np.full_like(tp, 2.0), agree
-        ),
+        "precision": ratio(tp, tp + fp),
+        "mcc": ratio(tp * tn - fp * fn, sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))),
+        "balanced_accuracy": (sensitivity + specificity) / 2,
     }
 
 
@@ -281,9 +294,9 @@ def _level_histograms(
         _, levels = np.unique(prob, return_inverse=True)
         levels = levels.ravel()
         n_levels = int(levels.max()) + 1 if levels.size else 1
-    positives = np.bincount(levels[gt], minlength=n_levels)
-    negatives = np.bincount(levels[~gt], minlength=n_levels)
-    return positives, negatives
+    # One bincount over (level, label) pairs instead of two over boolean-indexed copies.
+    pairs = np.bincount(levels * 2 + gt, minlength=2 * n_levels).reshape(n_levels, 2)
+    return pairs[:, 1], pairs[:, 0]
 
 
 def auc_scores(
@@ -321,15 +334,6 @@ def threshold_probability(prob: np.ndarray, threshold: float) -> np.ndarray:
         table = (np.arange(top + 1, dtype=np.float64) / top) >= threshold
         return table[prob]
     return prob >= threshold
-
-
-def probability_as_float(prob: np.ndarray) -> np.ndarray:
-    """Probabilities in [0, 1] as float64 (uint8/uint16 levels divided by 255 or 65535)."""
-    if prob.dtype == np.uint8:
-        return prob / 255.0
-    if prob.dtype == np.uint16:
-        return prob / 65535.0
-    return np.asarray(prob, dtype=np.float64)
 
 
 def resolve_metric_names(metrics: Collection[str] | None, has_prob: bool) -> tuple[str, ...]:

@@ -49,6 +49,9 @@ RESULT_NAME = "result.json"
 RUN_INFO_NAME = "run_info.json"
 OVERLAY_DIR = "overlays"
 
+# Libraries whose versions decide metric values (skeletons, labels, distances, image decoding).
+METRIC_PACKAGES = ("scipy", "scikit-image", "numpy", "pillow")
+
 CONVENTIONS = {
     "foreground_connectivity": FOREGROUND_CONNECTIVITY,
     "background_connectivity": BACKGROUND_CONNECTIVITY,
@@ -149,7 +152,7 @@ def _choose_threshold(settings: EvaluateSettings) -> tuple[float, str, dict[str,
         if thr.sweep_split == settings.split:
             raise ConfigError(
                 f"threshold.sweep_split is '{thr.sweep_split}', the split being evaluated; "
-                "choosing the threshold on it would tune on the test data. Use "
+                "choosing the threshold on it would tune on the data being scored. Use "
                 "--set threshold.sweep_split=val"
             )
         sweep_gt, split = gt, thr.sweep_split
@@ -165,7 +168,7 @@ def _choose_threshold(settings: EvaluateSettings) -> tuple[float, str, dict[str,
                 "threshold.sweep_gt/sweep_pred point at the evaluated folders; the threshold must "
                 "be chosen on separate validation images, not on the ones being scored"
             )
-        sweep_gt, split = Path(thr.sweep_gt), "test"
+        sweep_gt, split = Path(thr.sweep_gt), settings.split  # split is unused for folders
         where = f"validation masks {sweep_gt}"
     matched = match_cases(sweep_pred, sweep_gt, split, settings.fov, allow_missing=False)
     sweep = sweep_thresholds(matched.cases, thr.sweep_values, thr.sweep_metric, settings.workers)
@@ -323,8 +326,14 @@ def run(
     # 5. Optional paired comparison with a second prediction set on the same images.
     comparison = _compare(settings, rows, columns, threshold) if settings.compare else None
 
-    # 6. Write: settings and provenance first, result.json last (it marks a complete run).
+    # 6. Write: settings and provenance first, result.json last (it marks a complete run). A
+    # previous run's result.json and overlays go first, so a re-run that stops half-way does not
+    # look complete and old pictures are not mistaken for new ones.
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / RESULT_NAME).unlink(missing_ok=True)
+    for old_overlay in (out_dir / OVERLAY_DIR).glob("*.png"):
+        if old_overlay.name.startswith(("worst_", "best_")):
+            old_overlay.unlink()
     write_resolved_settings(settings, out_dir)
     atomic_write_json(out_dir / RUN_INFO_NAME, run_provenance())
     atomic_write_text(out_dir / PER_IMAGE_NAME, _per_image_csv(rows, columns))
@@ -361,7 +370,7 @@ def run(
         "empty_policy": EMPTY_POLICY,
         "per_case": rows,
         "settings": settings.model_dump(mode="json"),
-        "versions": package_versions(),
+        "versions": {**package_versions(), **package_versions(METRIC_PACKAGES)},
     }
     atomic_write_json(out_dir / SUMMARY_NAME, _json_safe(summary))
     result = EvaluateResult(
