@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from tests.cli.flat_yaml import flat_yaml
 from tests.metrics.evaluate_data import noisy_prob, save_mask, save_prob, vessel_mask
 from vesselctl.cli import app
 
@@ -84,5 +85,6 @@ def test_missing_required_option_is_a_config_error(folders) -> None:
 def test_config_lists_evaluate_settings() -> None:
     result = runner.invoke(app, ["config", "evaluate", "--yaml"])
     assert result.exit_code == 0
-    assert "threshold.sweep_split: val" in result.stdout
-    assert "aggregation.bootstrap_resamples: 1000" in result.stdout
+    keys = flat_yaml(result.stdout)
+    assert keys["threshold.sweep_split"] == "val"
+    assert keys["aggregation.bootstrap_resamples"] == 1000

@@ -6,6 +6,7 @@ import json
 
 from typer.testing import CliRunner
 
+from tests.cli.flat_yaml import flat_yaml
 from vesselctl.cli import app
 from vesselctl.data.manifest import read_manifest
 from vesselctl.data.synthetic import write_labelme_dataset
@@ -91,5 +92,6 @@ def test_help_and_config_listing():
     assert result.exit_code == 0 and "line/linestrip" in result.output
     result = runner.invoke(app, ["config", "prepare", "--yaml"])
     assert result.exit_code == 0
+    keys = flat_yaml(result.output)
     for key in ("raster.line_width", "split.group_pattern", "labels.hole", "prompt.question"):
-        assert key in result.output
+        assert key in keys

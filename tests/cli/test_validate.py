@@ -7,6 +7,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
+from tests.cli.flat_yaml import flat_yaml
 from tests.data.test_checks import edit_json, make_labelme_dataset, shape
 from vesselctl.cli import app
 
@@ -62,8 +63,9 @@ def test_bad_input_is_one_clear_line(tmp_path: Path) -> None:
 def test_config_lists_validate_settings() -> None:
     result = runner.invoke(app, ["config", "validate", "--yaml"])
     assert result.exit_code == 0
-    assert "checks.tiny_mask_pixels: 50" in result.stdout
-    assert "labels.vessel: [vessel]" in result.stdout
+    keys = flat_yaml(result.stdout)
+    assert keys["checks.tiny_mask_pixels"] == 50
+    assert keys["labels.vessel"] == ["vessel"]
 
 
 def test_user_text_with_brackets_is_printed_verbatim(tmp_path: Path) -> None:
