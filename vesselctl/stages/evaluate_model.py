@@ -73,13 +73,18 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
 def _predict_settings(
     settings: EvaluateSettings, model: Path, dataset: Path, split: str, out: Path
 ) -> PredictSettings:
-    """predict's settings for one split: probabilities as float16 npz so AUCs can be computed."""
+    """predict's settings for one split: probabilities as float16 npz so AUCs can be computed.
+
+    The mask PNGs predict writes use the evaluation threshold (``threshold.value``), so they
+    show what is scored unless a sweep picks another threshold (summary.json records it).
+    """
+    inference = settings.inference.model_copy(update={"threshold": settings.threshold.value})
     return PredictSettings(
         model=model,
         input=dataset,
         split=split,  # type: ignore[arg-type]
         out=out,
-        inference=settings.inference,
+        inference=inference,
         output=PredictOutputSettings(probabilities="npz", overlays=True, overwrite=True),
         progress=False,
     )
