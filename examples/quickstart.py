@@ -106,7 +106,7 @@ def pipeline(
     write_dataset(paths["labelme"], images, seed)
     step(
         [
-            "prepare", str(paths["labelme"]), str(paths["data"]), "--overwrite", "--no-progress",
+            "prepare", str(paths["labelme"]), str(paths["data"]), "--no-progress",
             "--size", str(IMAGE_SIZE), "--group-pattern", r"^(P\d+)_", "--seed", str(seed),
         ]
     )  # fmt: skip
@@ -118,19 +118,19 @@ def pipeline(
     step(train)
     result = json.loads((paths["run"] / "result.json").read_text(encoding="utf-8"))
     checkpoint = Path(result["last_checkpoint"])
-    step(["convert", str(checkpoint), "--out", str(paths["model"]), "--overwrite"])
+    step(["convert", str(checkpoint), "--out", str(paths["model"])])
     step(
         [
             "predict", "--model", str(paths["model"]), "--input", str(paths["data"]),
-            "--split", "test", "--out", str(paths["predictions"]), "--overwrite",
-            "--device", "cpu", "--no-progress",
+            "--split", "test", "--out", str(paths["predictions"]), "--device", "cpu",
+            "--no-progress",
         ]
     )  # fmt: skip
     step(
         [
             "evaluate", "--ckpt", str(checkpoint), "--data", str(paths["data"]),
             "--split", "test", "--compare-empty", "--device", "cpu",
-            "--out", str(paths["eval"]), "--set", "overwrite=true",
+            "--out", str(paths["eval"]),
         ]
     )  # fmt: skip
     step(["report", str(paths["run"]), "--out", str(paths["report"])])
@@ -154,6 +154,11 @@ def main() -> None:
         "--steps", type=int, default=None, help="training steps (default: the config's)"
     )
     args = parser.parse_args()
+    if args.out_dir.exists() and any(args.out_dir.iterdir()):
+        sys.exit(
+            f"error: {args.out_dir} is not empty; the quickstart starts from scratch: "
+            "choose a new folder or delete this one"
+        )
     started = time.perf_counter()
     paths = pipeline(args.out_dir, args.seed, args.images, args.steps, run_cli)
     dice, empty = headline(paths["eval"])
