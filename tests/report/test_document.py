@@ -50,3 +50,25 @@ def test_blocks_for_a_log_without_extras(tmp_path: Path) -> None:
     assert any("no evaluation found" in text for text in notices)
     assert plots == [] and overlays == []
     assert any(isinstance(b, Table) for b in blocks)
+
+
+def test_comparison_from_evaluate_compare_is_shown_side_by_side() -> None:
+    from vesselctl.report.document import _comparison_blocks
+    from vesselctl.report.render import Paragraph
+
+    summary = {
+        "macro": {"dice": {"mean": 0.66}, "iou": {"mean": 0.5}},
+        "compare": {
+            "other_pred": "eval/baseline-empty",
+            "other_macro_mean": {"dice": 0.0, "iou": 0.0},
+            "paired": {
+                "dice": {"mean_difference": 0.66, "ci_low": 0.6, "ci_high": 0.7, "a_better": 6,
+                         "b_better": 0, "ties": 0},
+            },
+        },
+    }  # fmt: skip
+    paragraph, table = _comparison_blocks(summary, "95% CI")
+    assert isinstance(paragraph, Paragraph) and "eval/baseline-empty" in paragraph.text
+    assert isinstance(table, Table)
+    assert table.rows == [["dice", "0.66", "0", "0.66", "[0.6, 0.7]", "6 / 0 / 0"]]
+    assert _comparison_blocks({"macro": {}}, "95% CI") == []

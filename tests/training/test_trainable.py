@@ -83,3 +83,20 @@ def test_groups_off_and_new_token_rows(tiny) -> None:
     assert groups["embeddings"] == len(ids) * hidden  # only the new rows train
     assert report.trainable_token_indices is not None
     assert report.name_prefix == "base_model.model." and trained is not model
+
+
+def test_sam2_image_encoder_group_is_off_by_default_and_trains_when_asked(tiny) -> None:
+    model, _ = _fresh(tiny)
+    _, report = apply_trainable(model, LoraSettings(), TrainableSettings())
+    assert report.groups["sam2_image_encoder"] == 0
+    model, _ = _fresh(tiny)
+    trained, report = apply_trainable(
+        model, LoraSettings(), TrainableSettings(sam2_image_encoder=True)
+    )
+    encoder = trained.get_base_model().sam2.vision_encoder
+    assert all(p.requires_grad for p in encoder.parameters())
+    assert report.groups["sam2_image_encoder"] == sum(p.numel() for p in encoder.parameters())
+    assert report.groups["other"] == 0
+    assert not any(
+        p.requires_grad for p in trained.get_base_model().sam2.prompt_encoder.parameters()
+    )

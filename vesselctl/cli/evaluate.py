@@ -83,11 +83,42 @@ def evaluate(
     workers: Annotated[
         int | None, typer.Option("--workers", help=field_help(EvaluateSettings, "workers"))
     ] = None,
+    ckpt: Annotated[
+        Path | None, typer.Option("--ckpt", help=field_help(EvaluateSettings, "ckpt"))
+    ] = None,
+    model: Annotated[
+        Path | None, typer.Option("--model", help=field_help(EvaluateSettings, "model"))
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help=field_help(EvaluateSettings, "data"))
+    ] = None,
+    base: Annotated[
+        Path | None, typer.Option("--base", help=field_help(EvaluateSettings, "base"))
+    ] = None,
+    compare_empty: Annotated[
+        bool | None,
+        typer.Option(
+            "--compare-empty",
+            help=field_help(EvaluateSettings, "compare_empty"),
+            show_default=False,
+        ),
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option("--device", help=field_help(EvaluateSettings, "inference.device")),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", help=field_help(EvaluateSettings, "inference.batch_size")),
+    ] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """Score predicted vessel masks against ground truth: overlap, topology, distances, AUCs."""
-    from vesselctl.stages import evaluate as stage
+    """Score predicted vessel masks against ground truth: overlap, topology, distances, AUCs.
+
+    With --ckpt or --model it first predicts --split of the prepared --data (converting a training
+    checkpoint on the fly) and writes everything into one results folder.
+    """
 
     flags = {
         "pred": pred,
@@ -100,8 +131,19 @@ def evaluate(
         "threshold.sweep": sweep,
         "compare": compare,
         "workers": workers,
+        "ckpt": ckpt,
+        "model": model,
+        "data": data,
+        "base": base,
+        "compare_empty": compare_empty,
+        "inference.device": device,
+        "inference.batch_size": batch_size,
     }
     settings = load_settings(EvaluateSettings, config, overrides(set_), flags)
+    if settings.predicts:
+        from vesselctl.stages import evaluate_model as stage
+    else:
+        from vesselctl.stages import evaluate as stage  # type: ignore[no-redef]
     if stdout_is_tty():
         from rich.progress import Progress
 
@@ -165,4 +207,10 @@ def evaluate(
         console.print(
             f"[yellow]{len(result.missing)} image(s) had no prediction and were scored as empty[/]"
         )
-    console.print(f"wrote {result.out_dir}/per_image.csv, summary.json, result.json")
+    if settings.predicts:
+        console.print(
+            f"wrote {result.out_dir}: predictions/ (masks, probabilities, overlays), "
+            "per_image.csv, summary.json, overlays/, result.json"
+        )
+    else:
+        console.print(f"wrote {result.out_dir}/per_image.csv, summary.json, result.json")

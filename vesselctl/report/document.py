@@ -373,6 +373,51 @@ def _overlay_image(path: Path, file_name: str, caption: str | None = None) -> Im
     return Image(file_name, buffer.getvalue(), caption or f"{path.name} (from {path.parent})")
 
 
+_COMPARED_METRICS = ("dice", "cldice", "iou", "auc_roc", "auc_pr")
+
+
+def _comparison_blocks(summary: dict[str, Any], ci_header: str) -> list[Block]:
+    """The paired comparison `vesselctl evaluate --compare` wrote (e.g. with the all-empty
+    prediction as the floor): both means side by side, the per-image difference and wins."""
+    compare = summary.get("compare")
+    paired = compare.get("paired") if isinstance(compare, dict) else None
+    if not isinstance(paired, dict):
+        return []
+    macro = summary.get("macro") if isinstance(summary.get("macro"), dict) else {}
+    other_means = compare.get("other_macro_mean")
+    other_means = other_means if isinstance(other_means, dict) else {}
+    rows = []
+    for metric in _COMPARED_METRICS:
+        stats = paired.get(metric)
+        if not isinstance(stats, dict):
+            continue
+        this = macro.get(metric, {}).get("mean") if isinstance(macro.get(metric), dict) else None
+        low, high = stats.get("ci_low"), stats.get("ci_high")
+        rows.append(
+            [
+                metric,
+                _fmt(this),
+                _fmt(other_means.get(metric)),
+                _fmt(stats.get("mean_difference")),
+                "-" if low is None or high is None else f"[{_fmt(low)}, {_fmt(high)}]",
+                f"{stats.get('a_better', '-')} / {stats.get('b_better', '-')} / "
+                f"{stats.get('ties', '-')}",
+            ]
+        )
+    if not rows:
+        return []
+    return [
+        Paragraph(
+            f"Compared with `{compare.get('other_pred')}` on the same images (per-image "
+            "difference, this minus other):"
+        ),
+        Table(
+            ["metric", "this", "other", "difference", ci_header, "this better / other / ties"],
+            rows,
+        ),
+    ]
+
+
 def _evaluation_blocks(report: RunReport, index: int) -> tuple[list[Block], list[Image]]:
     blocks: list[Block] = []
     images: list[Image] = []
@@ -396,6 +441,7 @@ def _evaluation_blocks(report: RunReport, index: int) -> tuple[list[Block], list
             blocks.append(Table(["metric", "value", ci_header, "other"], rows))
         else:
             blocks.append(Paragraph("The summary holds no numbers this report can read."))
+        blocks.extend(_comparison_blocks(evaluation.summary, ci_header))
         for number, overlay in enumerate(evaluation.overlays):
             image = _overlay_image(
                 overlay,

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from vesselctl.settings.base import Section
+from vesselctl.settings.predict import InferenceSettings
 
 # The engine's metric names (vesselctl.metrics.image), repeated so that building the CLI help
 # does not import numpy; a test keeps the two lists equal.
@@ -158,9 +159,45 @@ class EvaluateSettings(Section):
         description="Second prediction folder: paired per-image differences with bootstrap CIs.",
     )
     workers: int = Field(0, ge=0, description="Worker processes (0: one per CPU core).")
+    ckpt: Path | None = Field(
+        None,
+        description="Predict first with this training checkpoint (vesselctl step_N, iter_N.pth or "
+        "a DeepSpeed folder), converted on the fly; replaces --pred.",
+    )
+    model: Path | None = Field(
+        None,
+        description="Predict first with this model folder (vesselctl or official Sa2VA HF "
+        "export); replaces --pred.",
+    )
+    data: Path | None = Field(
+        None,
+        description="Prepared dataset whose --split is predicted and scored (with --ckpt/--model; "
+        "default: --gt).",
+    )
+    base: Path | None = Field(
+        None,
+        description="Model a --ckpt was trained from (default: the one its run folder records).",
+    )
+    compare_empty: bool = Field(
+        False,
+        description="With --ckpt/--model: also score an all-empty prediction of the same images "
+        "(the floor a model must beat) as --compare.",
+    )
+    overwrite: bool = Field(
+        False, description="With --ckpt/--model: replace the results in a non-empty --out folder."
+    )
+    inference: InferenceSettings = Field(
+        default_factory=InferenceSettings,
+        description="How the model runs with --ckpt/--model (see `vesselctl config predict`).",
+    )
     threshold: ThresholdSettings = Field(default_factory=ThresholdSettings)
     aggregation: AggregationSettings = Field(default_factory=AggregationSettings)
     overlays: OverlaySettings = Field(default_factory=OverlaySettings)
+
+    @property
+    def predicts(self) -> bool:
+        """True when it predicts first (--ckpt or --model) instead of reading --pred."""
+        return self.ckpt is not None or self.model is not None
 
     @field_validator("metrics")
     @classmethod
@@ -178,10 +215,45 @@ class EvaluateSettings(Section):
 
     @model_validator(mode="after")
     def _inputs_given(self) -> EvaluateSettings:
-        if self.pred is None:
-            raise ValueError("pred: no prediction folder given; pass --pred PRED_DIR")
-        if self.gt is None:
-            raise ValueError("gt: no ground truth given; pass --gt MASKS_DIR_OR_PREPARED_DATASET")
+        if self.ckpt is not None and self.model is not None:
+            raise ValueError("ckpt and model both given; pass --ckpt CKPT or --model DIR, not both")
+        if self.predicts:
+            if self.pred is not None:
+                raise ValueError(
+                    "pred is given with --ckpt/--model, which predict into OUT/predictions; "
+                    "drop --pred (or drop --ckpt/--model to score existing predictions)"
+                )
+            if self.data is None and self.gt is None:
+                raise ValueError(
+                    "data: no prepared dataset given; pass --data PREPARED_DIR (from "
+                    "`vesselctl prepare`) to predict and score its --split"
+                )
+            if self.data is not None and self.gt is not None and self.data != self.gt:
+                raise ValueError(
+                    f"data ({self.data}) and gt ({self.gt}) differ; with --ckpt/--model the "
+                    "prepared dataset gives both the images and the masks: pass only --data"
+                )
+            if self.compare_empty and self.compare is not None:
+                raise ValueError(
+                    "compare_empty and compare both name the second prediction set; use one"
+                )
+        else:
+            if self.pred is None:
+                raise ValueError(
+                    "pred: no prediction folder given; pass --pred PRED_DIR (or --ckpt CKPT / "
+                    "--model DIR with --data PREPARED_DIR to predict first)"
+                )
+            if self.gt is None:
+                raise ValueError(
+                    "gt: no ground truth given; pass --gt MASKS_DIR_OR_PREPARED_DATASET"
+                )
+            extra = [n for n in ("data", "base") if getattr(self, n) is not None]
+            extra += [n for n in ("compare_empty", "overwrite") if getattr(self, n)]
+            if extra:
+                raise ValueError(
+                    f"{', '.join(extra)} apply only with --ckpt/--model; drop them or pass "
+                    "--ckpt/--model instead of --pred"
+                )
         if (
             self.overlays.k
             and self.metrics is not None

@@ -106,6 +106,11 @@ class TrainableSettings(Section):
     text_hidden_fcs: bool = Field(
         True, description="Train text_hidden_fcs (the [SEG] hidden state -> SAM2 prompt MLP)."
     )
+    sam2_image_encoder: bool = Field(
+        False,
+        description="Also train SAM2's image encoder (Hiera + FPN); frozen in the official recipe. "
+        "Useful only for models trained from random weights, such as the tiny quickstart.",
+    )
     embeddings: Literal["full_copy", "new_tokens", "frozen"] = Field(
         "full_copy",
         description=(

@@ -117,6 +117,7 @@ def run(settings: TrainSettings) -> TrainResult:
     #    dropout differs between ranks.
     seed_everything(settings.seed, settings.deterministic)
     model, processor = _build_model(settings, bf16)
+    start_source = _keep_random_start(settings, model, processor, run_dir, dist.is_main)
     if settings.processor.overrides():
         processor = type(processor)(
             processor.tokenizer, processor.options, **settings.processor.overrides()
@@ -217,7 +218,7 @@ def run(settings: TrainSettings) -> TrainResult:
         dist=dist,
         run_dir=run_dir,
         log=log,
-        trainable_meta=lambda step: _trainable_meta(settings, report, step),
+        trainable_meta=lambda step: _trainable_meta(settings, report, step, start_source),
         val_dataset=val_set if val_set is not None and len(val_set) else None,
         processor=processor,
     )
@@ -284,7 +285,61 @@ def _new_token_ids(tokenizer: Any, tokens: tuple[str, ...]) -> list[int]:
     return [vocab[t] for t in tokens if t in vocab]
 
 
-def _trainable_meta(settings: TrainSettings, report: Any, step: int) -> dict[str, Any]:
+#: Random-weight presets up to this size are saved with the run (run_dir/base_model) so its
+#: checkpoints can be converted; larger ones are benchmark-only and would cost gigabytes.
+KEEP_RANDOM_START_MAX_BYTES = 1 << 30
+BASE_MODEL_DIR = "base_model"
+
+
+def _keep_random_start(
+    settings: TrainSettings, model: Any, processor: Any, run_dir: Path, is_main: bool
+) -> dict[str, Any]:
+    """The model source to record in trainable.json.
+
+    A random-weight preset exists only in memory, so a checkpoint trained from it could never be
+    converted or evaluated. Small presets (the tiny quickstart) are therefore written once to
+    run_dir/base_model and recorded as a vesselctl model folder; the same seed rebuilds the same
+    weights on resume, so an existing folder is kept.
+    """
+    source = settings.model.model_dump(mode="json")
+    if settings.model.kind != "preset":
+        return source
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    if size > KEEP_RANDOM_START_MAX_BYTES:
+        return source
+    base_dir = (run_dir / BASE_MODEL_DIR).resolve()
+    if is_main and not (base_dir / "config.json").is_file():
+        _save_native_model_dir(model, processor, base_dir)
+    return {**source, "kind": "vesselctl", "model_dir": str(base_dir)}
+
+
+def _save_native_model_dir(model: Any, processor: Any, path: Path) -> None:
+    """A vesselctl model folder with the in-memory (native) parameter names, as convert writes.
+
+    Not ``save_pretrained``: transformers renames some keys on save (InternVL's language model
+    back to its legacy layout), which ``read_vesselctl_model`` does not read back. Written into
+    a staging folder and renamed, so an interrupted save never looks complete.
+    """
+    import shutil
+
+    from safetensors.torch import save_file
+
+    staging = path.parent / f".{path.name}.saving"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    # Clones: tied or shared tensors cannot be saved as views of one storage.
+    state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
+    model.config.save_pretrained(str(staging))
+    processor.save_pretrained(staging)
+    if path.exists():
+        shutil.rmtree(path)
+    staging.rename(path)
+
+
+def _trainable_meta(
+    settings: TrainSettings, report: Any, step: int, model_source: dict[str, Any]
+) -> dict[str, Any]:
     """trainable.json: enough to rebuild the model these weights belong to (see checkpoint.py)."""
     return {
         "format": ckpt.TRAINABLE_FORMAT,
@@ -303,7 +358,7 @@ def _trainable_meta(settings: TrainSettings, report: Any, step: int) -> dict[str
         "modules_to_save": report.modules_to_save,
         "trainable_token_indices": report.trainable_token_indices,
         "trainable_groups": settings.trainable.model_dump(mode="json"),
-        "model_source": settings.model.model_dump(mode="json"),
+        "model_source": model_source,
         "parameter_counts": report.groups,
     }
 

@@ -33,6 +33,7 @@ class ModuleNames:
     projector: str | None
     mask_decoder: str
     text_hidden_fcs: str
+    sam2_image_encoder: str
 
 
 @dataclass
@@ -97,6 +98,7 @@ def find_module_names(model: nn.Module) -> ModuleNames:
         projector=_name_of(model, projector, "projector") if projector is not None else None,
         mask_decoder=_name_of(model, model.sam2.mask_decoder, "SAM2 mask decoder"),
         text_hidden_fcs="text_hidden_fcs",
+        sam2_image_encoder=_name_of(model, model.sam2.vision_encoder, "SAM2 image encoder"),
     )
 
 
@@ -197,6 +199,7 @@ def apply_trainable(
         "projector": names.projector if groups.projector else None,
         "mask_decoder": names.mask_decoder if groups.mask_decoder else None,
         "text_hidden_fcs": names.text_hidden_fcs if groups.text_hidden_fcs else None,
+        "sam2_image_encoder": names.sam2_image_encoder if groups.sam2_image_encoder else None,
     }
     if groups.projector and names.projector is None:
         raise ModelError("trainable.projector is true but the MLLM has no known projector module")
@@ -212,13 +215,14 @@ def apply_trainable(
 
 def count_trainable_by_group(model: nn.Module, names: ModuleNames) -> dict[str, int]:
     """Trainable parameter counts: lora, embeddings, lm_head, projector, mask_decoder,
-    text_hidden_fcs, other (anything else that trains: should be 0)."""
+    text_hidden_fcs, sam2_image_encoder, other (anything else that trains: should be 0)."""
     prefixes = {
         "embeddings": names.embeddings,
         "lm_head": names.lm_head,
         "projector": names.projector,
         "mask_decoder": names.mask_decoder,
         "text_hidden_fcs": names.text_hidden_fcs,
+        "sam2_image_encoder": names.sam2_image_encoder,
     }
     counts = dict.fromkeys(["lora", *prefixes, "other"], 0)
     for name, param in model.named_parameters():
