@@ -230,3 +230,25 @@ def test_step_of_a_preset_run_rebuilds_its_random_base(tmp_path):
     converted = Sa2VAModel.from_pretrained(str(out), dtype=torch.float32).state_dict()
     for key, expected in wrapped.merge_and_unload().state_dict().items():
         torch.testing.assert_close(converted[key], expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-qwen2.5-vl"])
+def test_model_folder_written_by_save_model_dir_converts(tmp_path, preset) -> None:
+    """save_pretrained stores InternVL in transformers' on-disk layout; convert reads both."""
+    import torch
+
+    from vesselctl.model.load import save_model_dir
+    from vesselctl.model.presets import build_preset
+    from vesselctl.settings.base import load_settings
+    from vesselctl.settings.convert import ConvertSettings
+    from vesselctl.stages import convert
+
+    torch.manual_seed(0)
+    model, processor = build_preset(preset)
+    save_model_dir(model, processor, tmp_path / "model")
+    settings = load_settings(
+        ConvertSettings, None, ["dtype=fp32"], {"source": tmp_path / "model", "out": tmp_path / "o"}
+    )
+    result = convert.run(settings)
+    assert result.verify is not None and result.verify.passed
+    assert result.verify.max_abs_logit_diff < 1e-4

@@ -1201,7 +1201,8 @@ def read_vesselctl_model(directory: Path) -> NativeSource:
     config = Sa2VAConfig.from_pretrained(str(directory))
     processor = Sa2VAProcessor.from_pretrained(directory)
     store = store_from_directory(directory, str(directory))
-    source = _finish(config, processor.tokenizer, [(store, "vesselctl")], "vesselctl_model")
+    layout = "vesselctl_model_internvl" if config.family == "internvl" else "vesselctl_model_qwen"
+    source = _finish(config, processor.tokenizer, [(store, layout)], "vesselctl_model")
     source.processor = processor
     return source
 

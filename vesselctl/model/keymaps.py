@@ -401,6 +401,18 @@ LAYOUTS: dict[str, tuple[Section, ...]] = {
     "sam2_native": (Section("", IDENTITY_RULES, "sam2."),),
     # vesselctl's own names (training exports, after peft wrappers are stripped)
     "vesselctl": (Section("", IDENTITY_RULES, ""),),
+    # vesselctl model folders: save_pretrained stores the MLLM in transformers' on-disk layout
+    # (InternVL: language_model.model.* / vision_tower.*); in-memory names are accepted too
+    "vesselctl_model_internvl": (
+        Section("mllm.", INTERNVL_HF_RULES, "mllm."),
+        Section("sam2.", IDENTITY_RULES, "sam2."),
+        _FCS,
+    ),
+    "vesselctl_model_qwen": (
+        Section("mllm.", QWEN2_5_VL_RULES, "mllm."),
+        Section("sam2.", IDENTITY_RULES, "sam2."),
+        _FCS,
+    ),
 }
 
 
