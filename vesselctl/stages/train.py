@@ -353,7 +353,8 @@ def _decide_gradient_checkpointing(
     what was decided and why, for train.log and result.json."""
     import torch
 
-    from vesselctl.model.acceleration import choose_gradient_checkpointing
+    from vesselctl.model import acceleration
+    from vesselctl.model.acceleration import probe_train_step
 
     setting = settings.model.gradient_checkpointing
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -373,11 +374,20 @@ def _decide_gradient_checkpointing(
         # fork_rng: the probe's dropout draws must not shift the run's random stream.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             # last_micro=False: under DDP no gradient is reduced across ranks.
-            built.engine.micro_step(batch, False, lambda output: None)
+            def step() -> None:
+                built.engine.micro_step(batch, False, lambda output: None)
+
+            # With model.compile the probe is the first compiled forward and backward: a
+            # compile failure goes eager, and the step is then measured again eagerly.
+            if probe_train_step(model, step) is not None:
+                built.engine.optimizer.zero_grad(set_to_none=True)
+                step()
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     # AdamW's two fp32 states per trainable value exist only after the first optimiser step.
-    choice = choose_gradient_checkpointing(model, probe_step, device, pending_bytes=8 * trainable)
+    choice = acceleration.choose_gradient_checkpointing(
+        model, probe_step, device, pending_bytes=8 * trainable
+    )
     built.engine.optimizer.zero_grad(set_to_none=True)
     enabled = choice.enabled
     if dist.is_distributed:
