@@ -361,13 +361,16 @@ def _decide_gradient_checkpointing(
     record: dict[str, Any] = {"setting": str(setting).lower(), "peak_without_gib": None}
     if setting != "auto":
         return {**record, "enabled": base.llm_gradient_checkpointing, "reason": "set"}
-    if strategy in ("zero2", "zero3"):
+    if strategy in ("zero2", "zero3") and device.type == "cuda":
         # A probe step through DeepSpeed would advance its accumulation counters and reduce
         # gradients; without a measurement the safe choice is on.
         base.set_llm_gradient_checkpointing(True)
         return {**record, "enabled": True, "reason": f"not measured under {strategy}; on"}
 
+    probed: list[bool] = []
+
     def probe_step() -> None:
+        probed.append(True)
         count = min(settings.optim.micro_batch, len(dataset))
         batch = collate([dataset[(0, i)] for i in range(count)])
         batch = batch.to(device, built.batch_dtype)
@@ -388,7 +391,8 @@ def _decide_gradient_checkpointing(
     choice = acceleration.choose_gradient_checkpointing(
         model, probe_step, device, pending_bytes=8 * trainable
     )
-    built.engine.optimizer.zero_grad(set_to_none=True)
+    if probed:  # never under DeepSpeed (see above), so the engine is a TorchEngine here
+        built.engine.optimizer.zero_grad(set_to_none=True)
     enabled = choice.enabled
     if dist.is_distributed:
         # Ranks measure separately; all follow the most cautious one.
