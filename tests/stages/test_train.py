@@ -295,3 +295,23 @@ def test_checkpointing_probe_step_leaves_the_run_unchanged(
     a = load_file(str(tmp_path / "fixed" / "checkpoints" / "step_3" / "trainable.safetensors"))
     b = load_file(str(tmp_path / "probed" / "checkpoints" / "step_3" / "trainable.safetensors"))
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+
+
+def test_resume_with_other_trainable_groups_names_the_setting(
+    dataset: Path, tmp_path: Path
+) -> None:
+    """A checkpoint that trained full embedding copies, resumed by a run that resolves to the
+    new-token rows (e.g. a run from before the 'auto' default), is refused with the fix."""
+    common = ["validation.every_steps=0", "checkpoint.every_steps=2"]
+    stage.run(_settings(dataset, tmp_path / "run", *common, "optim.max_steps=2"))
+    with pytest.raises(TrainingError, match=r"--set trainable\.embeddings=full_copy"):
+        stage.run(
+            _settings(
+                dataset,
+                tmp_path / "run",
+                *common,
+                "optim.max_steps=4",
+                "trainable.embeddings=new_tokens",
+                "resume=auto",
+            )
+        )
