@@ -253,8 +253,8 @@ def run(settings: TrainSettings) -> TrainResult:
         )
         if encoder_cache is not None:
             log.event(
-                f"frozen-encoder cache on ({settings.speed.encoder_cache_storage}, limit "
-                f"{settings.speed.encoder_cache_max_gib or 'none'} GiB)"
+                f"frozen-encoder cache on (in {'GPU' if encoder_cache.storage == 'cuda' else 'CPU'}"
+                f" memory, limit {settings.speed.encoder_cache_max_gib or 'none'} GiB)"
             )
         if resume_from is not None:
             loop.restore(resume_from)
