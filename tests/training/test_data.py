@@ -9,7 +9,7 @@ import pytest
 from tests.training.synthetic import make_prepared_dataset
 from vesselctl.errors import DatasetError
 from vesselctl.settings.train import AugmentSettings
-from vesselctl.training.data import SegDataset, StepBatchSampler
+from vesselctl.training.data import KeyedDataset, SeededCollate, SegDataset, StepBatchSampler
 
 
 def _take(sampler: StepBatchSampler, n: int) -> list[list[tuple[int, int]]]:
@@ -59,6 +59,23 @@ def test_dataset_reads_samples_and_augments_by_key(tmp_path) -> None:
     a, b = augmented[(0, 1)], augmented[(0, 1)]
     assert (a.image == b.image).all()
     assert len(SegDataset(root, "val", None, seed=0)) == 1
+
+
+def test_collate_attaches_encoder_cache_keys_only_when_asked(tmp_path) -> None:
+    from vesselctl.model.load import load_model
+    from vesselctl.settings.model import ModelSourceSettings
+
+    root = make_prepared_dataset(tmp_path, n_train=3, n_val=1, size=32)
+    dataset = KeyedDataset(SegDataset(root, "train", None, seed=0))
+    _, processor = load_model(ModelSourceSettings())
+    items = [dataset[(0, 0)], dataset[(0, 1)], dataset[(1, 0)]]
+    plain = SeededCollate(processor, seed=0, train=True)(items)
+    assert plain.sam2_keys is None and plain.vision_keys is None
+    keyed = SeededCollate(processor, seed=0, train=True, encoder_keys=True)(items)
+    assert keyed.sam2_keys is not None and len(keyed.sam2_keys) == 3
+    # without augmentation, the same image in another epoch gets the same key
+    assert keyed.sam2_keys[0] == keyed.sam2_keys[2] != keyed.sam2_keys[1]
+    assert keyed.vision_keys is not None and len(keyed.vision_keys) == len(keyed.pixel_values)
 
 
 def test_missing_image_names_the_file(tmp_path) -> None:

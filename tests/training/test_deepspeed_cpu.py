@@ -34,7 +34,10 @@ def _engine(settings: TrainSettings, total: int):
     from vesselctl.training.trainable import apply_trainable
 
     torch.manual_seed(0)
-    model, processor = load_model(settings.model)
+    # gradient_checkpointing 'auto' is the train stage's to resolve; load_model takes a bool
+    model, processor = load_model(
+        settings.model.model_copy(update={"gradient_checkpointing": False})
+    )
     model, _ = apply_trainable(model, settings.lora, settings.trainable, [])
     optimizer = torch.optim.AdamW(adamw_param_groups(model, 0.05), lr=1e-3)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, 1, 0.0))

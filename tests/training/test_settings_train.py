@@ -16,6 +16,53 @@ def test_defaults_are_the_lora_recipe() -> None:
     assert (s.lora.r, s.lora.alpha, s.lora.dropout, s.lora.targets) == (64, 128, 0.05, "all-linear")
     assert s.optim.lr == 2e-5 and s.optim.weight_decay == 0.05 and s.optim.grad_clip == 1.0
     assert s.trainable.embeddings == "full_copy" and s.distributed.strategy == "auto"
+    assert s.model.gradient_checkpointing == "auto" and s.speed.encoder_cache is False
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        (["model.kind=preset"], "full_copy"),
+        (["model.kind=base", "model.mllm_dir=/m", "model.sam2_dir=/s"], "full_copy"),
+        (["model.kind=official_hf", "model.model_dir=/x"], "new_tokens"),
+        (["model.kind=vesselctl", "model.model_dir=/x"], "new_tokens"),
+        (["model.kind=official_hf", "model.model_dir=/x", "trainable.embeddings=full_copy"],
+         "full_copy"),
+        (["model.kind=preset", "trainable.embeddings=new_tokens"], "new_tokens"),
+        (["model.kind=vesselctl", "model.model_dir=/x", "trainable.embeddings=frozen"], "frozen"),
+    ],
+)  # fmt: skip
+def test_embeddings_auto_resolves_from_the_model_source(
+    source: list[str], expected: str, tmp_path: Path
+) -> None:
+    """auto: only the new-token rows from a Sa2VA checkpoint, full copies from a preset/base;
+    the resolved settings.yaml records the choice, not 'auto'."""
+    from vesselctl.settings.base import write_resolved_settings
+
+    settings = load_settings(TrainSettings, None, source)
+    assert settings.trainable.embeddings == expected
+    written = write_resolved_settings(settings, tmp_path)
+    assert f"embeddings: {expected}" in written.read_text()
+    assert load_settings(TrainSettings, written).trainable.embeddings == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("auto", "auto"), ("true", True), ("false", False)]
+)
+def test_gradient_checkpointing_accepts_auto_and_booleans(value: str, expected: object) -> None:
+    settings = load_settings(TrainSettings, None, [f"model.gradient_checkpointing={value}"])
+    assert settings.model.gradient_checkpointing == expected
+    with pytest.raises(ConfigError, match="gradient_checkpointing"):
+        load_settings(TrainSettings, None, ["model.gradient_checkpointing=sometimes"])
+
+
+def test_encoder_cache_needs_augmentations_off() -> None:
+    with pytest.raises(ConfigError, match=r"data\.augment\.enabled=false"):
+        load_settings(TrainSettings, None, ["speed.encoder_cache=true"])
+    settings = load_settings(
+        TrainSettings, None, ["speed.encoder_cache=true", "data.augment.enabled=false"]
+    )
+    assert settings.speed.encoder_cache
 
 
 def test_effective_batch() -> None:

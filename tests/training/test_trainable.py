@@ -27,7 +27,9 @@ def _fresh(tiny):
 
 def test_default_recipe_groups(tiny) -> None:
     model, _ = _fresh(tiny)
-    trained, report = apply_trainable(model, LoraSettings(), TrainableSettings())
+    trained, report = apply_trainable(
+        model, LoraSettings(), TrainableSettings(embeddings="full_copy")
+    )
     names = [n for n, p in trained.named_parameters() if p.requires_grad]
     lora = [n for n in names if ".lora_" in n]
     assert lora and all(".language_model." in n for n in lora)
@@ -52,7 +54,9 @@ def test_default_recipe_groups(tiny) -> None:
 def test_lora_rank_and_named_targets(tiny) -> None:
     model, _ = _fresh(tiny)
     trained, report = apply_trainable(
-        model, LoraSettings(r=4, alpha=8, targets=["q_proj", "v_proj"]), TrainableSettings()
+        model,
+        LoraSettings(r=4, alpha=8, targets=["q_proj", "v_proj"]),
+        TrainableSettings(embeddings="full_copy"),
     )
     lora = [n for n, p in trained.named_parameters() if ".lora_A." in n]
     assert lora and all(("q_proj" in n or "v_proj" in n) for n in lora)
@@ -63,7 +67,9 @@ def test_lora_rank_and_named_targets(tiny) -> None:
 def test_unknown_target_lists_available(tiny) -> None:
     model, _ = _fresh(tiny)
     with pytest.raises(ConfigError, match=r"available: .*q_proj"):
-        apply_trainable(model, LoraSettings(targets=["qkv"]), TrainableSettings())
+        apply_trainable(
+            model, LoraSettings(targets=["qkv"]), TrainableSettings(embeddings="full_copy")
+        )
 
 
 def test_groups_off_and_new_token_rows(tiny) -> None:
@@ -87,11 +93,11 @@ def test_groups_off_and_new_token_rows(tiny) -> None:
 
 def test_sam2_image_encoder_group_is_off_by_default_and_trains_when_asked(tiny) -> None:
     model, _ = _fresh(tiny)
-    _, report = apply_trainable(model, LoraSettings(), TrainableSettings())
+    _, report = apply_trainable(model, LoraSettings(), TrainableSettings(embeddings="full_copy"))
     assert report.groups["sam2_image_encoder"] == 0
     model, _ = _fresh(tiny)
     trained, report = apply_trainable(
-        model, LoraSettings(), TrainableSettings(sam2_image_encoder=True)
+        model, LoraSettings(), TrainableSettings(sam2_image_encoder=True, embeddings="full_copy")
     )
     encoder = trained.get_base_model().sam2.vision_encoder
     assert all(p.requires_grad for p in encoder.parameters())
@@ -100,3 +106,10 @@ def test_sam2_image_encoder_group_is_off_by_default_and_trains_when_asked(tiny) 
     assert not any(
         p.requires_grad for p in trained.get_base_model().sam2.prompt_encoder.parameters()
     )
+
+
+def test_unresolved_auto_embeddings_are_refused(tiny) -> None:
+    """'auto' is resolved by TrainSettings from model.kind; reaching apply_trainable unresolved
+    would otherwise silently train no embedding rows."""
+    with pytest.raises(ConfigError, match="resolved"):
+        apply_trainable(_fresh(tiny)[0], LoraSettings(), TrainableSettings())

@@ -111,13 +111,47 @@ class TrainableSettings(Section):
         description="Also train SAM2's image encoder (Hiera + FPN); frozen in the official recipe. "
         "Useful only for models trained from random weights, such as the tiny quickstart.",
     )
-    embeddings: Literal["full_copy", "new_tokens", "frozen"] = Field(
-        "full_copy",
+    embeddings: Literal["auto", "full_copy", "new_tokens", "frozen"] = Field(
+        "auto",
         description=(
             "Input embeddings and lm_head: 'full_copy' trains full copies (peft modules_to_save, "
             "as the official recipe), 'new_tokens' trains only the added special tokens' rows "
-            "(peft trainable_token_indices), 'frozen' trains neither."
+            "(peft trainable_token_indices), 'frozen' trains neither; 'auto' resolves to "
+            "new_tokens when model.kind is official_hf or vesselctl (a Sa2VA checkpoint whose "
+            "other rows are already trained), else full_copy."
         ),
+    )
+
+
+class TrainModelSettings(ModelSourceSettings):
+    """The model source, with gradient checkpointing that training can decide by measuring."""
+
+    gradient_checkpointing: Literal["auto"] | bool = Field(  # type: ignore[assignment]
+        "auto",
+        description="Recompute LLM activations in backward (less memory, ~30% slower); auto: "
+        "one measured training step without it decides (on when its peak memory passes 90% of "
+        "the GPU; always off on CPU).",
+    )
+
+
+class SpeedSettings(Section):
+    """Speed switches that leave results unchanged (see BENCHMARKS.md, issue 10)."""
+
+    encoder_cache: bool = Field(
+        False,
+        description="Cache the frozen vision tower's and SAM2 image encoder's outputs per image "
+        "(each image is encoded once per run); needs data.augment.enabled false.",
+    )
+    encoder_cache_storage: Literal["gpu", "cpu"] = Field(
+        "gpu",
+        description="Where cached encoder outputs live: gpu (fastest; ~46 MB per 1024-px image "
+        "in bf16) or cpu (pinned host memory, copied in each step).",
+    )
+    encoder_cache_max_gib: float | None = Field(
+        None,
+        gt=0,
+        description="Most GiB of cached outputs per process (None: no limit); images beyond it "
+        "are encoded every time.",
     )
 
 
@@ -240,7 +274,8 @@ class TrainSettings(Section):
         "auto",
         description="Training precision: auto is bf16 on GPUs that support it and fp32 otherwise.",
     )
-    model: ModelSourceSettings = Field(default_factory=ModelSourceSettings)
+    model: TrainModelSettings = Field(default_factory=TrainModelSettings)
+    speed: SpeedSettings = Field(default_factory=SpeedSettings)
     data: DataSettings = Field(default_factory=DataSettings)
     processor: ProcessorSettings = Field(default_factory=ProcessorSettings)
     lora: LoraSettings = Field(default_factory=LoraSettings)
@@ -273,4 +308,15 @@ class TrainSettings(Section):
             )
         if self.resume is not None and self.resume != "auto" and not self.resume.strip():
             raise ValueError("resume is empty; use 'auto' or a checkpoint folder path")
+        if self.speed.encoder_cache and self.data.augment.enabled:
+            raise ValueError(
+                "speed.encoder_cache is true but data.augment.enabled is true: random "
+                "augmentations show the encoders different pixels every epoch, so cached outputs "
+                "would be wrong; set data.augment.enabled=false or speed.encoder_cache=false"
+            )
+        if self.trainable.embeddings == "auto":
+            # Resolved here so settings.yaml records the choice. A Sa2VA checkpoint already
+            # holds trained rows for everything but the new tokens; a base start does not.
+            from_sa2va = self.model.kind in ("official_hf", "vesselctl")
+            self.trainable.embeddings = "new_tokens" if from_sa2va else "full_copy"
         return self

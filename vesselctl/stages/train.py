@@ -56,6 +56,8 @@ class TrainResult:
     last_val: dict[str, float] = field(default_factory=dict)
     final_metrics: dict[str, Any] = field(default_factory=dict)
     trainable: dict[str, Any] = field(default_factory=dict)
+    gradient_checkpointing: dict[str, Any] = field(default_factory=dict)
+    encoder_cache: dict[str, Any] | None = None
     train_time_s: float = 0.0
     launch_id: str | None = None
 
@@ -113,6 +115,11 @@ def run(settings: TrainSettings) -> TrainResult:
             "precision auto or fp32"
         )
 
+    if settings.speed.encoder_cache:
+        from vesselctl.model.acceleration import check_encoder_cache_allowed
+
+        check_encoder_cache_allowed(settings.data.augment.enabled)
+
     # 4. Same seed on every rank so newly initialised weights agree; then a per-rank seed so
     #    dropout differs between ranks.
     seed_everything(settings.seed, settings.deterministic)
@@ -125,6 +132,7 @@ def run(settings: TrainSettings) -> TrainResult:
     new_token_ids = _new_token_ids(processor.tokenizer, SA2VA_NEW_TOKENS)
     model, report = apply_trainable(model, settings.lora, settings.trainable, new_token_ids)
     torch.manual_seed(settings.seed + 1000 * dist.rank + 1)
+    encoder_cache = _attach_encoder_cache(settings, model, cuda)
 
     # 5. Strategy from what the frozen model weighs and what one card holds.
     frozen_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -167,7 +175,9 @@ def run(settings: TrainSettings) -> TrainResult:
         KeyedDataset(train_set),
         batch_sampler=sampler,
         num_workers=settings.data.num_workers,
-        collate_fn=SeededCollate(processor, settings.seed, train=True),
+        collate_fn=SeededCollate(
+            processor, settings.seed, train=True, encoder_keys=encoder_cache is not None
+        ),
         pin_memory=cuda,
         persistent_workers=settings.data.num_workers > 0,
         # Its own generator: creating an iterator must not draw from the global torch RNG, or a
@@ -196,6 +206,7 @@ def run(settings: TrainSettings) -> TrainResult:
     )
     if dist.is_main:
         atomic_write_json(run_dir / "run_info.json", run_provenance(include_gpus=True))
+    checkpointing: dict[str, Any] = {}  # filled before the first step (see below)
     loop = TrainingLoop(
         engine=engine,
         config=LoopConfig(
@@ -218,7 +229,9 @@ def run(settings: TrainSettings) -> TrainResult:
         dist=dist,
         run_dir=run_dir,
         log=log,
-        trainable_meta=lambda step: _trainable_meta(settings, report, step, start_source),
+        trainable_meta=lambda step: _trainable_meta(
+            settings, report, step, start_source, checkpointing
+        ),
         val_dataset=val_set if val_set is not None and len(val_set) else None,
         processor=processor,
     )
@@ -226,6 +239,26 @@ def run(settings: TrainSettings) -> TrainResult:
 
     started = time.perf_counter()
     try:
+        # Before restore: a resumed run's RNG state then comes from the checkpoint regardless.
+        checkpointing |= _decide_gradient_checkpointing(
+            settings,
+            model,
+            built,
+            strategy,
+            device,
+            dist,
+            SeededCollate(processor, settings.seed, train=True, encoder_keys=False),
+            KeyedDataset(train_set),
+        )
+        log.event(
+            f"gradient checkpointing {'on' if checkpointing['enabled'] else 'off'} "
+            f"(model.gradient_checkpointing {checkpointing['setting']}: {checkpointing['reason']})"
+        )
+        if encoder_cache is not None:
+            log.event(
+                f"frozen-encoder cache on (in {'GPU' if encoder_cache.storage == 'cuda' else 'CPU'}"
+                f" memory, limit {settings.speed.encoder_cache_max_gib or 'none'} GiB)"
+            )
         if resume_from is not None:
             loop.restore(resume_from)
             log.event(f"resumed from {resume_from} at step {loop.state.global_step}")
@@ -235,6 +268,12 @@ def run(settings: TrainSettings) -> TrainResult:
             f"trainable {report.trainable:,} of {report.total:,} parameters {report.groups}"
         )
         outcome = loop.run(iter(loader), started)
+        if encoder_cache is not None:
+            stats = encoder_cache.stats
+            log.event(
+                f"frozen-encoder cache: {stats.hits} hits, {stats.misses} misses, "
+                f"{stats.stored_bytes / 2**30:.2f} GiB stored"
+            )
     except TrainingError as exc:
         log.event(f"error: {exc}")
         raise
@@ -257,6 +296,8 @@ def run(settings: TrainSettings) -> TrainResult:
         last_val=outcome.last_val,
         final_metrics=outcome.last_metrics,
         trainable=report.as_dict(),
+        gradient_checkpointing=checkpointing,
+        encoder_cache=asdict(encoder_cache.stats) if encoder_cache is not None else None,
         train_time_s=outcome.train_time_s,
         launch_id=os.environ.get(LAUNCH_ID_ENV),
     )
@@ -276,7 +317,101 @@ def _build_model(settings: TrainSettings, bf16: bool) -> tuple[Any, Any]:
     source = settings.model
     if source.dtype == "auto" and not bf16:
         source = source.model_copy(update={"dtype": "float32"})
+    if source.gradient_checkpointing == "auto":
+        # Decided later by one measured step (_decide_gradient_checkpointing); start without.
+        source = source.model_copy(update={"gradient_checkpointing": False})
     return load_model(source)
+
+
+def _attach_encoder_cache(settings: TrainSettings, model: Any, cuda: bool) -> Any:
+    """The frozen-encoder cache serving ``model`` when speed.encoder_cache asks for it (after
+    apply_trainable, so enable_encoder_cache can refuse encoders that train), else None."""
+    if not settings.speed.encoder_cache:
+        return None
+    from vesselctl.model.acceleration import FrozenEncoderCache, enable_encoder_cache
+
+    speed = settings.speed
+    cache = FrozenEncoderCache(
+        storage="cuda" if speed.encoder_cache_storage == "gpu" and cuda else "cpu",
+        max_bytes=None
+        if speed.encoder_cache_max_gib is None
+        else int(speed.encoder_cache_max_gib * 2**30),
+    )
+    enable_encoder_cache(model, cache)
+    return cache
+
+
+def _decide_gradient_checkpointing(
+    settings: TrainSettings,
+    model: Any,
+    built: Any,
+    strategy: str,
+    device: Any,
+    dist: DistEnv,
+    collate: Any,
+    dataset: Any,
+) -> dict[str, Any]:
+    """Resolve model.gradient_checkpointing; for 'auto' one training step of the real micro-batch
+    size without checkpointing decides (acceleration.choose_gradient_checkpointing). Returns
+    what was decided and why, for train.log and result.json."""
+    import torch
+
+    from vesselctl.model import acceleration
+    from vesselctl.model.acceleration import probe_train_step
+
+    setting = settings.model.gradient_checkpointing
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    record: dict[str, Any] = {"setting": str(setting).lower(), "peak_without_gib": None}
+    if setting != "auto":
+        return {**record, "enabled": base.llm_gradient_checkpointing, "reason": "set"}
+    if strategy in ("zero2", "zero3") and device.type == "cuda":
+        # A probe step through DeepSpeed would advance its accumulation counters and reduce
+        # gradients; without a measurement the safe choice is on.
+        base.set_llm_gradient_checkpointing(True)
+        return {**record, "enabled": True, "reason": f"not measured under {strategy}; on"}
+
+    probed: list[bool] = []
+
+    def probe_step() -> None:
+        probed.append(True)
+        count = min(settings.optim.micro_batch, len(dataset))
+        batch = collate([dataset[(0, i)] for i in range(count)])
+        batch = batch.to(device, built.batch_dtype)
+        # fork_rng: the probe's dropout draws must not shift the run's random stream.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            # last_micro=False: under DDP no gradient is reduced across ranks.
+            def step() -> None:
+                built.engine.micro_step(batch, False, lambda output: None)
+
+            # With model.compile the probe is the first compiled forward and backward: a
+            # compile failure goes eager, and the step is then measured again eagerly.
+            if probe_train_step(model, step) is not None:
+                built.engine.optimizer.zero_grad(set_to_none=True)
+                step()
+
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # AdamW's two fp32 states per trainable value exist only after the first optimiser step.
+    choice = acceleration.choose_gradient_checkpointing(
+        model, probe_step, device, pending_bytes=8 * trainable
+    )
+    if probed:  # never under DeepSpeed (see above), so the engine is a TorchEngine here
+        built.engine.optimizer.zero_grad(set_to_none=True)
+    enabled = choice.enabled
+    if dist.is_distributed:
+        # Ranks measure separately; all follow the most cautious one.
+        flag = torch.tensor([1.0 if enabled else 0.0], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if bool(flag.item()) != enabled:
+            enabled = True
+            base.set_llm_gradient_checkpointing(True)
+            choice.reason += "; on because another rank needs it"
+    return {
+        **record,
+        "enabled": enabled,
+        "peak_without_gib": choice.peak_without_gib,
+        "limit_gib": None if choice.limit_gib == float("inf") else choice.limit_gib,
+        "reason": choice.reason,
+    }
 
 
 def _new_token_ids(tokenizer: Any, tokens: tuple[str, ...]) -> list[int]:
@@ -338,9 +473,16 @@ def _save_native_model_dir(model: Any, processor: Any, path: Path) -> None:
 
 
 def _trainable_meta(
-    settings: TrainSettings, report: Any, step: int, model_source: dict[str, Any]
+    settings: TrainSettings,
+    report: Any,
+    step: int,
+    model_source: dict[str, Any],
+    checkpointing: dict[str, Any],
 ) -> dict[str, Any]:
     """trainable.json: enough to rebuild the model these weights belong to (see checkpoint.py)."""
+    model_source = dict(model_source)
+    if "enabled" in checkpointing:  # 'auto' recorded as what it resolved to
+        model_source["gradient_checkpointing"] = checkpointing["enabled"]
     return {
         "format": ckpt.TRAINABLE_FORMAT,
         "step": step,

@@ -146,17 +146,31 @@ class SeededCollate:
     seeded from the batch's keys: any random choice it makes (question wording) is then the
     same in a resumed run, in any worker, and does not touch the global generators."""
 
-    def __init__(self, processor: Callable[..., Sa2VABatch], seed: int, train: bool) -> None:
+    def __init__(
+        self,
+        processor: Callable[..., Sa2VABatch],
+        seed: int,
+        train: bool,
+        encoder_keys: bool = False,
+    ) -> None:
         self.processor = processor
         self.seed = seed
         self.train = train
+        self.encoder_keys = encoder_keys
 
     def __call__(self, items: list[tuple[SampleKey, SegSample]]) -> Sa2VABatch:
         keys = [k for k, _ in items]
         samples = [s for _, s in items]
         entropy = [self.seed & 0xFFFFFFFF] + [v for key in keys for v in key]
         rng = random.Random(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
-        return self.processor(samples, train=self.train, rng=rng)
+        batch = self.processor(samples, train=self.train, rng=rng)
+        if self.encoder_keys:
+            # Content keys for the frozen-encoder cache, hashed here in the worker on the CPU
+            # pixels, before the batch moves to the GPU.
+            from vesselctl.model.acceleration import attach_encoder_keys
+
+            batch = attach_encoder_keys(batch)
+        return batch
 
 
 class KeyedDataset:

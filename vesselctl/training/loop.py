@@ -221,6 +221,7 @@ class TrainingLoop:
                 f"{self.dist.world_size}; DeepSpeed's ZeRO optimiser state is partitioned per "
                 f"process, so resume with --gpus/--nnodes giving {saved_world} processes"
             )
+        self._check_same_trainable_groups(folder)
         if isinstance(self.engine, DeepSpeedEngine):
             self.engine.load_state(folder)
         else:
@@ -237,6 +238,31 @@ class TrainingLoop:
             best_val_dice=progress.get("best_val_dice"),
             best_step=progress.get("best_step"),
         )
+
+    def _check_same_trainable_groups(self, folder: Path) -> None:
+        """Name the setting when the checkpoint trained other groups than this run would (e.g. a
+        run from before trainable.embeddings defaulted to auto), instead of a key mismatch."""
+        meta_path = Path(folder) / ckpt.TRAINABLE_META_NAME
+        if not meta_path.is_file():
+            return
+        import json
+
+        saved = json.loads(meta_path.read_text(encoding="utf-8")).get("trainable_groups") or {}
+        now = self.trainable_meta(self.state.global_step).get("trainable_groups") or {}
+        changed = [k for k in sorted(saved.keys() & now.keys()) if saved[k] != now[k]]
+        if changed:
+
+            def text(value: Any) -> str:
+                return str(value).lower() if isinstance(value, bool) else str(value)
+
+            was = ", ".join(f"trainable.{k}={text(saved[k])}" for k in changed)
+            now_text = ", ".join(f"trainable.{k}={text(now[k])}" for k in changed)
+            flags = " ".join(f"--set {item}" for item in was.split(", "))
+            raise TrainingError(
+                f"{meta_path}: the checkpoint trained {was} but this run resolves to "
+                f"{now_text}; resume with the checkpoint's values ({flags}) or start a new run "
+                "folder"
+            )
 
     # --- validation ------------------------------------------------------------------------
 

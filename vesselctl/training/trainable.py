@@ -145,6 +145,11 @@ def apply_trainable(
     model.requires_grad_(False)
     report = TrainableReport()
 
+    if groups.embeddings == "auto":
+        raise ConfigError(
+            "trainable.embeddings is 'auto', which TrainSettings resolves from model.kind; "
+            "pass the resolved settings (full_copy, new_tokens or frozen)"
+        )
     if groups.embeddings == "new_tokens" and not new_token_ids:
         raise ConfigError(
             "trainable.embeddings is 'new_tokens' but the tokenizer has none of "
