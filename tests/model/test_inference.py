@@ -210,3 +210,35 @@ def test_square_frame_probabilities_are_bit_identical_to_the_official_upsampling
     step = F.interpolate(logits[:, None], size=(64, 64), mode="bilinear", align_corners=False)
     expected = F.interpolate(step, size=(64, 64), mode="bilinear", align_corners=False)
     assert torch.equal(logits_to_probabilities(logits, 64, (64, 64)), expected[:, 0].sigmoid())
+
+
+def test_seg_scores_equal_the_full_lm_head_at_the_position_before_seg() -> None:
+    """P([SEG]) comes from the hidden state that predicts it, as in a full forward."""
+    import numpy as np
+    import torch
+
+    from vesselctl.model.batch import SegSample
+    from vesselctl.model.inference import predict_with_seg_scores
+    from vesselctl.model.presets import build_preset
+
+    torch.manual_seed(0)
+    model, processor = build_preset("tiny")
+    model.eval()
+    rng = np.random.default_rng(0)
+    samples = [
+        SegSample("a", rng.integers(0, 256, (40, 52, 3), dtype=np.uint8), ["blood vessels"]),
+        SegSample("b", rng.integers(0, 256, (30, 30, 3), dtype=np.uint8), ["vessels", "arteries"]),
+    ]
+    batch = processor(samples, train=False)
+    maps, scores = predict_with_seg_scores(model, batch)
+    assert [m.shape[0] for m in maps] == [1, 2] and [s.shape[0] for s in scores] == [1, 2]
+    with torch.no_grad():
+        logits = model.mllm(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            pixel_values=batch.pixel_values,
+        ).logits.float()
+    seg = model.config.seg_token_id
+    rows, cols = (batch.input_ids == seg).nonzero(as_tuple=True)
+    expected = logits[rows, cols - 1].softmax(-1)[:, seg]
+    torch.testing.assert_close(torch.cat(scores), expected, atol=1e-5, rtol=1e-4)

@@ -69,6 +69,8 @@ def test_outputs_match_inputs(tiny_model_dir: Path, images: Path, tmp_path: Path
         assert np.array_equal((mask == 255)[clear], (prob > 0.5)[clear])
         assert Image.open(out / "overlays" / f"{item_id}.png").size == (size[1], size[0])
         assert records[item_id]["mask_area"] == int((mask == 255).sum())
+        score = records[item_id]["seg_token_probability"]
+        assert 0.0 <= score <= 1.0 and records[item_id]["seg_predicted"] == (score > 0.5)
     assert json.loads((out / "result.json").read_text())["predicted"] == 3
 
 

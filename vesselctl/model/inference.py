@@ -81,6 +81,36 @@ def predict_probabilities(model: Sa2VAModel, batch: Sa2VABatch) -> list[torch.Te
     ]
 
 
+@torch.no_grad()
+def predict_with_seg_scores(
+    model: Sa2VAModel, batch: Sa2VABatch
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """``predict_probabilities`` plus, per [SEG], the probability the LLM gives [SEG] at its place.
+
+    The single pass writes the answer "Sure, [SEG]." itself, so [SEG] is always there; this score
+    says whether the model would have produced it: the LM head on the hidden state one position
+    before each [SEG] (the one that predicts it), softmax, the [SEG] entry. Above 0.5 means greedy
+    decoding would emit [SEG] at that point given the same prefix. One small LM-head call per
+    [SEG], no [B, T, vocab] logits.
+    """
+    hidden_states = model.mllm_hidden_states(batch)
+    gathered, logits, _ = model.seg_logits(batch, hidden_states)
+    sizes = _original_sizes(batch, model.config.sam2_image_size)
+    frames = model.sam2_frames(batch)
+    per_sample = torch.split(logits, gathered.counts, dim=0)
+    probabilities = [
+        logits_to_probabilities(lg, frame, size)
+        for lg, frame, size in zip(per_sample, frames, sizes, strict=True)
+    ]
+    seg_id = model.config.seg_token_id
+    rows, cols = (batch.input_ids == seg_id).nonzero(as_tuple=True)
+    previous = hidden_states[rows, (cols - 1).clamp(min=0)]
+    token_logits = model.mllm.lm_head(previous).float()
+    scores = token_logits.softmax(dim=-1)[:, seg_id]
+    counts = torch.bincount(rows, minlength=batch.batch_size).tolist()
+    return probabilities, list(torch.split(scores, counts, dim=0))
+
+
 def _sample_mllm_inputs(model: Sa2VAModel, batch: Sa2VABatch, row: int) -> dict[str, Any]:
     """The MLLM inputs of sample ``row`` alone: its unpadded tokens and its own pixels."""
     length = int(batch.attention_mask[row].sum())

@@ -239,14 +239,19 @@ def load_predictor(
     return model, processor
 
 
-def _forward(model: Any, batch: Any, device: Any, dtype: Any) -> list[np.ndarray]:
-    """One teacher-forced pass; per view, its probability map (float32, crop-sized)."""
+def _forward(model: Any, batch: Any, device: Any, dtype: Any) -> list[tuple[np.ndarray, float]]:
+    """One teacher-forced pass; per view, its probability map (float32, crop-sized) and the
+    probability the LLM gives the [SEG] token where the answer places it."""
     import torch
+
+    from vesselctl.model.inference import predict_with_seg_scores
 
     batch = batch.to(device, dtype)
     with torch.inference_mode():
-        out = model.predict_probabilities(batch)
-    return [p[0].float().cpu().numpy() for p in out]
+        maps, scores = predict_with_seg_scores(model, batch)
+    return [
+        (p[0].float().cpu().numpy(), float(score[0])) for p, score in zip(maps, scores, strict=True)
+    ]
 
 
 def run_views(
@@ -257,14 +262,15 @@ def run_views(
     batch_size: int,
     device: Any,
     dtype: Any,
-) -> tuple[list[np.ndarray], int]:
+) -> tuple[list[tuple[np.ndarray, float]], int]:
     """Probabilities for each crop, processed here in batches; on CUDA out-of-memory the batch
-    is halved. Returns the probability maps and the batch size that worked."""
+    is halved. Returns (probability map, [SEG] token probability) per crop and the batch size
+    that worked."""
     import torch
 
     from vesselctl.model.batch import SegSample
 
-    probs: list[np.ndarray] = []
+    probs: list[tuple[np.ndarray, float]] = []
     start = 0
     while start < len(crops):
         chunk = crops[start : start + batch_size]
@@ -384,8 +390,9 @@ def predict_group(
     settings: PredictSettings,
     device: Any,
     dtype: Any,
-) -> list[np.ndarray]:
-    """Probability maps (original size) of the readable images of one loader group.
+) -> list[tuple[np.ndarray, float]]:
+    """Per readable image of one loader group: its probability map (original size) and the mean
+    over its views of the probability the LLM gives [SEG] where the answer places it.
 
     On CUDA out-of-memory the group's views are run again here in smaller batches.
     """
@@ -405,15 +412,11 @@ def predict_group(
     for entry in readable:
         n = len(entry.views)
         height, width = entry.image.shape[:2]  # type: ignore[union-attr]
-        maps.append(
-            stitch(
-                entry.views,
-                probs[offset : offset + n],
-                height,
-                width,
-                settings.inference.tile_overlap,
-            )
+        views = probs[offset : offset + n]
+        prob = stitch(
+            entry.views, [p for p, _ in views], height, width, settings.inference.tile_overlap
         )
+        maps.append((prob, float(np.mean([score for _, score in views]))))
         offset += n
     return maps
 
@@ -531,11 +534,14 @@ def predict_items(
     from concurrent.futures import Future, ThreadPoolExecutor
 
     records: list[dict[str, Any]] = []
-    pending: list[tuple[Future, float]] = []
+    pending: list[tuple[Future, float, float]] = []
 
-    def finish(future: Future, per_image_s: float) -> None:
+    def finish(future: Future, per_image_s: float, seg_score: float) -> None:
         record = future.result()
         record["time_s"] = round(per_image_s, 4)
+        # The answer "Sure, [SEG]." is teacher-forced; this says whether the model would emit it.
+        record["seg_token_probability"] = round(seg_score, 6)
+        record["seg_predicted"] = seg_score > 0.5
         if log is not None:
             log.write(json.dumps(record) + "\n")
             log.flush()
@@ -560,14 +566,14 @@ def predict_items(
             t0 = time.perf_counter()
             maps = predict_group(model, on_device, loaded, settings, device, dtype)
             per_image_s = (time.perf_counter() - t0) / len(readable)
-            for entry, prob in zip(readable, maps, strict=True):
+            for entry, (prob, seg_score) in zip(readable, maps, strict=True):
                 future = writer.submit(write_outputs, out, entry.item, entry.image, prob, settings)
-                pending.append((future, per_image_s))
+                pending.append((future, per_image_s, seg_score))
             # Keep at most two groups of files in flight, so memory stays bounded.
             while len(pending) > 2 * settings.inference.batch_size:
                 finish(*pending.pop(0))
-        for future, per_image_s in pending:
-            finish(future, per_image_s)
+        for future, per_image_s, seg_score in pending:
+            finish(future, per_image_s, seg_score)
     result.batch_size = settings.inference.batch_size
     return records
 
