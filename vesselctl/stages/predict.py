@@ -504,11 +504,6 @@ def prepare_out_dir(out: Path, settings: PredictSettings) -> dict[str, dict[str,
     return done
 
 
-def chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 # --- the stage ------------------------------------------------------------------------------------
 
 

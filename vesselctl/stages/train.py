@@ -444,32 +444,10 @@ def _keep_random_start(
         return source
     base_dir = (run_dir / BASE_MODEL_DIR).resolve()
     if is_main and not (base_dir / "config.json").is_file():
-        _save_native_model_dir(model, processor, base_dir)
+        from vesselctl.model.load import save_model_dir
+
+        save_model_dir(model, processor, base_dir, overwrite=True)
     return {**source, "kind": "vesselctl", "model_dir": str(base_dir)}
-
-
-def _save_native_model_dir(model: Any, processor: Any, path: Path) -> None:
-    """A vesselctl model folder with the in-memory (native) parameter names, as convert writes.
-
-    Not ``save_pretrained``: transformers renames some keys on save (InternVL's language model
-    back to its legacy layout), which ``read_vesselctl_model`` does not read back. Written into
-    a staging folder and renamed, so an interrupted save never looks complete.
-    """
-    import shutil
-
-    from safetensors.torch import save_file
-
-    staging = path.parent / f".{path.name}.saving"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    # Clones: tied or shared tensors cannot be saved as views of one storage.
-    state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-    save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
-    model.config.save_pretrained(str(staging))
-    processor.save_pretrained(staging)
-    if path.exists():
-        shutil.rmtree(path)
-    staging.rename(path)
 
 
 def _trainable_meta(
