@@ -168,6 +168,67 @@ def single_pass_rate(
     return statistics.median(rates), peak
 
 
+def model_only_rate(
+    model: Any, processor: Any, images: list, batch_size: int, device: Any, dtype: Any
+) -> float:
+    """Images/s of the model alone on one batch already collated and on the device (the ceiling
+    the stage's loop can reach at this batch size)."""
+    import torch
+
+    from vesselctl.model.batch import SegSample
+    from vesselctl.model.inference import predict_with_seg_scores
+
+    samples = [
+        SegSample(f"m{i}", im, ["blood vessels"]) for i, im in enumerate(images[:batch_size])
+    ]
+    batch = processor(samples, train=False).to(device, dtype)
+    with torch.inference_mode():
+        predict_with_seg_scores(model, batch)
+        sync(device)
+        rounds = max(2, 64 // batch_size)
+        start = time.perf_counter()
+        for _ in range(rounds):
+            maps, _ = predict_with_seg_scores(model, batch)
+            [m.float().cpu() for m in maps]
+        sync(device)
+    return rounds * batch_size / (time.perf_counter() - start)
+
+
+def profile_loop(
+    model: Any, processor: Any, images: list, batch_size: int, device: Any, dtype: Any, workers: int
+) -> str:
+    """cProfile of the main process over one run of the stage's loop: where its time goes."""
+    import cProfile
+    import io
+    import pstats
+    import tempfile
+
+    from vesselctl.stages.predict import PredictItem, PredictResult, predict_items
+
+    items = [PredictItem(f"p{i}", None, im) for i, im in enumerate(images)]
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = stage_settings(batch_size, workers, Path(tmp))
+        profiler = cProfile.Profile()
+        profiler.enable()
+        predict_items(
+            model,
+            processor,
+            items,
+            settings,
+            Path(tmp),
+            device,
+            dtype,
+            workers,
+            PredictResult(Path(tmp)),
+        )
+        sync(device)
+        profiler.disable()
+    text = io.StringIO()
+    stats = pstats.Stats(profiler, stream=text)
+    stats.sort_stats("tottime").print_stats(25)
+    return text.getvalue()
+
+
 def generate_rate(model: Any, processor: Any, images: list, device: Any, dtype: Any) -> float:
     """Images/s of the official-style path: one image at a time, greedy generation, then SAM2."""
     import torch
@@ -277,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus", type=int, default=1, help="also measure scaling to N GPUs")
     parser.add_argument("--workers", type=int, default=6, help="loader workers per process")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--profile", action="store_true", help="cProfile the main process over one loop run"
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.worker:
@@ -305,6 +369,22 @@ def main(argv: list[str] | None = None) -> int:
                 "peak_memory_gib": peak,
             }
         )
+    for bs in args.batch_sizes:
+        rows.append(
+            {
+                "mode": "model_only",
+                "gpus": 1,
+                "batch_size": bs,
+                "images_per_s": model_only_rate(model, processor, images, bs, device, dtype),
+                "peak_memory_gib": None,
+            }
+        )
+    profile = None
+    if args.profile:
+        profile = profile_loop(
+            model, processor, images, max(args.batch_sizes), device, dtype, args.workers
+        )
+        print(profile)
     gen = generate_rate(model, processor, images[: args.generate_images], device, dtype)
     rows.append(
         {
@@ -336,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
             str(args.repeats),
             "--batch-sizes",
             str(max(args.batch_sizes)),
+            "--workers",
+            str(args.workers),
         ]
         torch.cuda.empty_cache()
         out = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -383,6 +465,7 @@ def main(argv: list[str] | None = None) -> int:
                 "device_name": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                 "provenance": run_provenance(include_gpus=device.type == "cuda"),
                 "results": rows,
+                "main_process_profile": profile,
             },
         )
     return 0

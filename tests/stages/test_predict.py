@@ -141,6 +141,42 @@ def test_stitch_undoes_flip_and_averages_tiles() -> None:
     np.testing.assert_allclose(stage.stitch(views, probs, h, w, overlap=10), truth, atol=1e-6)
 
 
+def test_overlay_tints_only_mask_pixels() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    mask = rng.random((20, 30)) > 0.5
+    out = stage.overlay(image, mask, alpha=0.45)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[~mask], image[~mask])
+    expected = 0.55 * image[mask].astype(np.float64) + 0.45 * np.array(stage.OVERLAY_COLOUR)
+    assert np.abs(out[mask] - expected).max() <= 1.0
+
+
+def test_collated_ahead_keeps_order_and_skips_unreadable() -> None:
+    from vesselctl.model.batch import SegSample
+    from vesselctl.model.presets import build_preset
+
+    _, processor = build_preset("tiny")
+    image = np.full((24, 24, 3), 128, np.uint8)
+
+    def group(*names: str | None) -> list:
+        return [
+            stage.LoadedImage(
+                stage.PredictItem(str(n), None),
+                None if n is None else image,
+                [],
+                [] if n is None else [processor.encode(SegSample(n, image, ["vessel"]), False)],
+            )
+            for n in names
+        ]
+
+    groups = [group("a", "b"), group(None), group("c", None)]
+    pairs = list(stage.collated_ahead(iter(groups), processor))
+    assert [g for g, _ in pairs] == groups
+    ids = [None if b is None else b.sample_ids for _, b in pairs]
+    assert ids == [["a", "b"], None, ["c"]]
+
+
 def test_prepared_dataset_split(tiny_model_dir: Path, tmp_path: Path) -> None:
     root = tmp_path / "ds"
     (root / "images").mkdir(parents=True)

@@ -34,7 +34,7 @@ from vesselctl.settings.predict import PredictSettings
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 PREDICTIONS_NAME = "predictions.jsonl"
-OVERLAY_COLOUR = np.array([255, 40, 40], dtype=np.float32)
+OVERLAY_COLOUR = (255, 40, 40)
 _stderr = Console(stderr=True)
 
 
@@ -383,6 +383,34 @@ def loaded_groups(
         yield group
 
 
+def collate_group(processor: Any, loaded: Sequence[LoadedImage]) -> Any:
+    """One batch of every view of the group's readable images (None when none is readable)."""
+    encoded = [e for entry in loaded if entry.image is not None for e in entry.encoded]
+    return processor.collate(encoded, False) if encoded else None
+
+
+def collated_ahead(
+    groups: Iterator[list[LoadedImage]], processor: Any
+) -> Iterator[tuple[list[LoadedImage], Any]]:
+    """``(group, batch)`` pairs, the next group fetched and collated in a background thread
+    while the caller runs the model on the current one.
+
+    Receiving a group from the loader workers and padding it into a batch take tens of
+    milliseconds of CPU per batch; done in line, the GPU would wait for them every batch.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def fetch() -> tuple[list[LoadedImage], Any] | None:
+        group = next(groups, None)
+        return None if group is None else (group, collate_group(processor, group))
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vesselctl-collate") as pool:
+        upcoming = pool.submit(fetch)
+        while (current := upcoming.result()) is not None:
+            upcoming = pool.submit(fetch)
+            yield current
+
+
 def predict_group(
     model: Any,
     processor: Any,
@@ -390,17 +418,20 @@ def predict_group(
     settings: PredictSettings,
     device: Any,
     dtype: Any,
+    batch: Any = None,
 ) -> list[tuple[np.ndarray, float]]:
     """Per readable image of one loader group: its probability map (original size) and the mean
     over its views of the probability the LLM gives [SEG] where the answer places it.
 
-    On CUDA out-of-memory the group's views are run again here in smaller batches.
+    ``batch`` is the group already collated (``collate_group``), if it was done ahead. On CUDA
+    out-of-memory the group's views are run again here in smaller batches.
     """
     import torch
 
     readable = [entry for entry in loaded if entry.image is not None]
     try:
-        batch = processor.collate([e for entry in readable for e in entry.encoded], False)
+        if batch is None:
+            batch = collate_group(processor, loaded)
         probs = _forward(model, batch, device, dtype)
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
@@ -442,10 +473,17 @@ def stitch(
 
 
 def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """The image with predicted vessel pixels tinted red."""
-    out = image.astype(np.float32)
-    out[mask] = (1 - alpha) * out[mask] + alpha * OVERLAY_COLOUR
-    return out.round().astype(np.uint8)
+    """The image with predicted vessel pixels tinted red.
+
+    Pillow's blend and composite run in C without the GIL (about 4x faster than the numpy
+    equivalent here), so writer threads do not hold up the thread that feeds the GPU.
+    """
+    from PIL import Image
+
+    base = Image.fromarray(np.ascontiguousarray(image))
+    tint = Image.new("RGB", base.size, OVERLAY_COLOUR)
+    blended = Image.blend(base, tint, alpha)
+    return np.asarray(Image.composite(blended, base, Image.fromarray(mask.astype(np.uint8) * 255)))
 
 
 def write_outputs(
@@ -507,6 +545,14 @@ def prepare_out_dir(out: Path, settings: PredictSettings) -> dict[str, dict[str,
 # --- the stage ------------------------------------------------------------------------------------
 
 
+def writer_threads() -> int:
+    """Threads that encode and write output PNGs: PNG encoding runs without the GIL, so one per
+    spare core up to 8 (a little over 10 ms of encoding per 512 x 512 image)."""
+    import os
+
+    return max(2, min(8, (os.cpu_count() or 2) // 2))
+
+
 def predict_items(
     model: Any,
     processor: Any,
@@ -547,8 +593,11 @@ def predict_items(
 
     # uint8 pixels travel to the GPU and are normalised there (same values, less CPU work)
     on_device = processor.replace_options(normalise_on_device=True)
-    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="vesselctl-write") as writer:
-        for loaded in loaded_groups(items, on_device, settings, workers):
+    groups = loaded_groups(items, on_device, settings, workers)
+    with ThreadPoolExecutor(
+        max_workers=writer_threads(), thread_name_prefix="vesselctl-write"
+    ) as writer:
+        for loaded, batch in collated_ahead(groups, on_device):
             for entry in loaded:
                 if entry.error is not None:
                     failure = {"id": entry.item.id, "path": str(entry.item.path)}
@@ -559,7 +608,7 @@ def predict_items(
             if not readable:
                 continue
             t0 = time.perf_counter()
-            maps = predict_group(model, on_device, loaded, settings, device, dtype)
+            maps = predict_group(model, on_device, loaded, settings, device, dtype, batch)
             per_image_s = (time.perf_counter() - t0) / len(readable)
             for entry, (prob, seg_score) in zip(readable, maps, strict=True):
                 future = writer.submit(write_outputs, out, entry.item, entry.image, prob, settings)
