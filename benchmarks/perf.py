@@ -14,6 +14,7 @@ autocast). Configurations, each a fresh model in the same process and call:
   encoder_cache  + frozen-encoder outputs (InternViT, SAM2 Hiera) served from a GPU cache
   all            new_tokens + compile + encoder_cache + checkpointing chosen by a measured step
   all_ckpt       all, with checkpointing forced on (the low-memory variant)
+  all_no_cache   all without the encoder cache (what runs with random augmentation get)
 
 Per configuration: median step time (forward, backward, clip, AdamW step; data already on the
 GPU), samples/s, speed-up over baseline, peak GPU memory (max_memory_allocated, weights
@@ -77,6 +78,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "encoder_cache": dict(embeddings="full_copy", ckpt="on", compile=False, cache=True),
     "all": dict(embeddings="new_tokens", ckpt="auto", compile=True, cache=True),
     "all_ckpt": dict(embeddings="new_tokens", ckpt="on", compile=True, cache=True),
+    "all_no_cache": dict(embeddings="new_tokens", ckpt="auto", compile=True, cache=False),
 }
 
 
@@ -358,6 +360,8 @@ def run_config(
     row["gradient_checkpointing"] = model.llm_gradient_checkpointing
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
+        # Weights (+ cache entries, compiled graphs' buffers), before optimizer states exist.
+        row["allocated_before_steps_gib"] = torch.cuda.memory_allocated(device) / 2**30
 
     # Warm-up: at least one pass over every distinct batch, so a cache is full when timing.
     warmup = max(args.warmup, len(batches) if cache is not None else 0)
@@ -371,6 +375,8 @@ def run_config(
         _sync(device)
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
+    if cuda:  # + AdamW states and any gradients kept between steps
+        row["allocated_after_steps_gib"] = torch.cuda.memory_allocated(device) / 2**30
     row.update(
         step_s=median,
         step_times_s=times,
@@ -393,6 +399,31 @@ def run_config(
 
 
 # --- prediction -----------------------------------------------------------------------------------
+
+
+def predict_parts(model: Any, batch: Any, steps: int, device: Any) -> dict[str, float]:
+    """Median seconds per batch of the two big parts of a prediction, each run alone: the MLLM
+    forward (vision tower + LLM) and the SAM2 image encoder. What is left of the full pass is
+    the mask decoder and the upsampling to the image size."""
+    import torch
+
+    def timed(fn: Any) -> float:
+        with torch.inference_mode():
+            fn()
+            _sync(device)
+            times = []
+            for _ in range(steps):
+                start = time.perf_counter()
+                fn()
+                _sync(device)
+                times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    pixels = batch.sam2_pixel_values.to(model.sam2.dtype)
+    return {
+        "mllm_forward": timed(lambda: model.mllm_hidden_states(batch)),
+        "sam2_image_encoder": timed(lambda: model.sam2.vision_encoder(pixels, return_dict=True)),
+    }
 
 
 def run_predict(shape: Shape, args: argparse.Namespace, device: Any) -> list[dict[str, Any]]:
@@ -436,6 +467,7 @@ def run_predict(shape: Shape, args: argparse.Namespace, device: Any) -> list[dic
         if reference is None:
             reference = probs
         median = statistics.median(times)
+        parts_s = predict_parts(model, batch, args.steps, device)
         rows.append(
             dict(
                 preset=shape.preset,
@@ -446,6 +478,7 @@ def run_predict(shape: Shape, args: argparse.Namespace, device: Any) -> list[dic
                 peak_memory_gib=_peak_gib(device),
                 compile_s=compile_s,
                 max_abs_prob_diff_vs_plain=float((probs - reference).abs().max()),
+                parts_s=parts_s,
             )
         )
     del model, batch
@@ -529,15 +562,21 @@ def _print(rows: list[dict[str, Any]], predict: list[dict[str, Any]], data: dict
         )
     if predict:
         print()
-        print(f"{'preset':<11}{'predict':<10}{'batch':>6}{'images/s':>10}{'peak GiB':>9}")
+        print(
+            f"{'preset':<11}{'predict':<10}{'batch':>6}{'images/s':>10}{'peak GiB':>9}"
+            f"{'MLLM ms':>9}{'SAM2 enc ms':>12}"
+        )
         for p in predict:
             if "images_per_s" not in p:
                 print(f"{p['preset']:<11}{'predict':<10}  {p.get('error', 'skipped')}")
                 continue
             peak = "-" if p["peak_memory_gib"] is None else f"{p['peak_memory_gib']:.2f}"
+            parts = p.get("parts_s") or {}
             print(
                 f"{p['preset']:<11}{p['mode']:<10}{p['batch_size']:>6}"
                 f"{p['images_per_s']:>10.1f}{peak:>9}"
+                f"{parts.get('mllm_forward', float('nan')) * 1000:>9.1f}"
+                f"{parts.get('sam2_image_encoder', float('nan')) * 1000:>12.1f}"
             )
     if data:
         print()
@@ -626,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
             data.update(processor_rate(shape, args.micro_batch))
         # The baseline and the combined configurations first, then prediction (first preset),
         # then the single switches: what the targets need comes before the time budget runs out.
-        head = [c for c in args.configs if c in ("baseline", "all", "all_ckpt")]
+        head = [c for c in args.configs if c in ("baseline", "all", "all_ckpt", "all_no_cache")]
         tail = [c for c in args.configs if c not in head]
         for name in [*head, "predict", *tail]:
             if name == "predict" and not (index == 0 and args.predict):

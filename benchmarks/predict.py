@@ -122,9 +122,9 @@ def single_pass_rate(
     dtype: Any,
     repeats: int,
     workers: int,
-) -> tuple[float, float | None]:
-    """Images/s of the predict stage's loop (loader workers, one pass, PNGs written), and peak
-    GPU memory (GiB)."""
+) -> tuple[float, float | None, float, float]:
+    """Images/s of the predict stage's loop (loader workers, one pass, PNGs written), peak GPU
+    memory (GiB), and the shares of the loop's time spent waiting for input and in the model."""
     import tempfile
 
     import torch
@@ -132,7 +132,8 @@ def single_pass_rate(
     from vesselctl.stages.predict import PredictItem, PredictResult, predict_items
 
     items = [PredictItem(f"b{i}", None, im) for i, im in enumerate(images)]
-    rates = []
+    rates: list[float] = []
+    shares: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
         settings = stage_settings(batch_size, workers, Path(tmp))
         predict_items(
@@ -151,21 +152,17 @@ def single_pass_rate(
         for _ in range(repeats):
             sync(device)
             start = time.perf_counter()
+            result = PredictResult(Path(tmp))
             predict_items(
-                model,
-                processor,
-                items,
-                settings,
-                Path(tmp),
-                device,
-                dtype,
-                workers,
-                PredictResult(Path(tmp)),
+                model, processor, items, settings, Path(tmp), device, dtype, workers, result
             )
             sync(device)
-            rates.append(len(images) / (time.perf_counter() - start))
+            seconds = time.perf_counter() - start
+            rates.append(len(images) / seconds)
+            shares.append((result.input_wait_s / seconds, result.model_s / seconds))
     peak = torch.cuda.max_memory_allocated() / 2**30 if str(device).startswith("cuda") else None
-    return statistics.median(rates), peak
+    wait, model_share = shares[rates.index(statistics.median_high(rates))]
+    return statistics.median(rates), peak, wait, model_share
 
 
 def model_only_rate(
@@ -325,6 +322,10 @@ def worker(args: argparse.Namespace) -> None:
     dist.destroy_process_group()
 
 
+def _share(row: dict[str, Any], key: str) -> str:
+    return f"{100 * row[key]:.0f}%" if row.get(key) is not None else "-"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="sa2va-1b")
@@ -357,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     images = noise_images(args.images, args.image_size)
     rows = []
     for bs in args.batch_sizes:
-        rate, peak = single_pass_rate(
+        rate, peak, wait, model_share = single_pass_rate(
             model, processor, images, bs, device, dtype, args.repeats, args.workers
         )
         rows.append(
@@ -367,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
                 "batch_size": bs,
                 "images_per_s": rate,
                 "peak_memory_gib": peak,
+                "input_wait_share": wait,
+                "model_share": model_share,
             }
         )
     for bs in args.batch_sizes:
@@ -447,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"{'mode':<12}{'gpus':>5}{'batch':>6}{'images/s':>10}{'peak GiB':>10}{'vs gen':>8}"
-        f"{'scaling':>9}"
+        f"{'scaling':>9}{'input wait':>11}{'in model':>9}"
     )
     for r in rows:
         peak = "-" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.2f}"
@@ -455,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{r['mode']:<12}{r['gpus']:>5}{r['batch_size']:>6}{r['images_per_s']:>10.2f}"
             f"{peak:>10}{r['speedup_vs_generate']:>7.1f}x{scaling:>9}"
+            f"{_share(r, 'input_wait_share'):>11}{_share(r, 'model_share'):>9}"
         )
     if args.out is not None:
         atomic_write_json(

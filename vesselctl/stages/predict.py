@@ -61,6 +61,10 @@ class PredictResult:
     seconds: float = 0.0
     device: str = "cpu"
     batch_size: int = 0
+    # Where the loop's time went: waiting for loader workers (input-bound when large) and in the
+    # model (forward + copying the maps back); the rest is writing files and bookkeeping.
+    input_wait_s: float = 0.0
+    model_s: float = 0.0
 
     @property
     def images_per_s(self) -> float:
@@ -77,6 +81,8 @@ class PredictResult:
             "images_per_s": round(self.images_per_s, 3),
             "device": self.device,
             "final_batch_size": self.batch_size,
+            "input_wait_s": round(self.input_wait_s, 3),
+            "model_s": round(self.model_s, 3),
         }
 
 
@@ -390,25 +396,59 @@ def collate_group(processor: Any, loaded: Sequence[LoadedImage]) -> Any:
 
 
 def collated_ahead(
-    groups: Iterator[list[LoadedImage]], processor: Any
+    groups: Iterator[list[LoadedImage]],
+    processor: Any,
+    device: Any = None,
+    dtype: Any = None,
 ) -> Iterator[tuple[list[LoadedImage], Any]]:
-    """``(group, batch)`` pairs, the next group fetched and collated in a background thread
-    while the caller runs the model on the current one.
+    """``(group, batch)`` pairs, the next group fetched, collated and (on CUDA) copied to the
+    GPU in a background thread while the caller runs the model on the current one.
 
-    Receiving a group from the loader workers and padding it into a batch take tens of
-    milliseconds of CPU per batch; done in line, the GPU would wait for them every batch.
+    Receiving a group from the loader workers, padding it into a batch and copying ~100 MB of
+    pixels to the GPU take tens of milliseconds per batch; done in line, the GPU would wait for
+    them every batch.
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    copy_ahead = getattr(device, "type", None) == "cuda"
+
     def fetch() -> tuple[list[LoadedImage], Any] | None:
         group = next(groups, None)
-        return None if group is None else (group, collate_group(processor, group))
+        if group is None:
+            return None
+        batch = collate_group(processor, group)
+        if copy_ahead and batch is not None:
+            batch = to_device_ahead(batch, device, dtype)
+        return group, batch
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vesselctl-collate") as pool:
         upcoming = pool.submit(fetch)
         while (current := upcoming.result()) is not None:
             upcoming = pool.submit(fetch)
             yield current
+
+
+def to_device_ahead(batch: Any, device: Any, dtype: Any) -> Any:
+    """``batch`` on the GPU, copied on a side stream from this (background) thread and finished
+    before it is returned; the CPU batch is returned as it is if the GPU has no room (the model
+    call then meets the out-of-memory error and halves the batch)."""
+    import torch
+
+    stream = torch.cuda.Stream(device)
+    try:
+        with torch.cuda.stream(stream):
+            moved = batch.to(device, dtype)
+        stream.synchronize()
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return batch
+    # The caching allocator must not hand these blocks to the side stream again while the
+    # model, on the default stream, may still read them.
+    main = torch.cuda.default_stream(device)
+    for value in vars(moved).values():
+        if isinstance(value, torch.Tensor) and value.is_cuda:
+            value.record_stream(main)
+    return moved
 
 
 def predict_group(
@@ -597,7 +637,14 @@ def predict_items(
     with ThreadPoolExecutor(
         max_workers=writer_threads(), thread_name_prefix="vesselctl-write"
     ) as writer:
-        for loaded, batch in collated_ahead(groups, on_device):
+        ahead = collated_ahead(groups, on_device, device, dtype)
+        while True:
+            t_wait = time.perf_counter()
+            fetched = next(ahead, None)
+            result.input_wait_s += time.perf_counter() - t_wait
+            if fetched is None:
+                break
+            loaded, batch = fetched
             for entry in loaded:
                 if entry.error is not None:
                     failure = {"id": entry.item.id, "path": str(entry.item.path)}
@@ -609,6 +656,7 @@ def predict_items(
                 continue
             t0 = time.perf_counter()
             maps = predict_group(model, on_device, loaded, settings, device, dtype, batch)
+            result.model_s += time.perf_counter() - t0
             per_image_s = (time.perf_counter() - t0) / len(readable)
             for entry, (prob, seg_score) in zip(readable, maps, strict=True):
                 future = writer.submit(write_outputs, out, entry.item, entry.image, prob, settings)
@@ -701,6 +749,8 @@ def _relaunch(settings: PredictSettings, out: Path) -> PredictResult:
         seconds=summary["seconds"],
         device=summary["device"],
         batch_size=summary["final_batch_size"],
+        input_wait_s=summary["input_wait_s"],
+        model_s=summary["model_s"],
     )
 
 
@@ -726,6 +776,8 @@ def _gather(
     predicted = 0
     slowest = 0.0
     for rank_records, summary in gathered:
+        result.input_wait_s = max(result.input_wait_s, summary["input_wait_s"])
+        result.model_s = max(result.model_s, summary["model_s"])
         merged.update({r["id"]: r for r in rank_records})
         failures.extend(summary["failures"])
         predicted += summary["predicted"]
