@@ -360,3 +360,32 @@ def test_letterbox_targets_are_placed_where_sam2_sees_the_object(tokenizer, monk
     square = model.sam2_frames(batch)[0]
     official = F.interpolate(batch.gt_masks[0][:, None], size=(side, side), mode="nearest")[:, 0]
     assert torch.equal(masks_to_sam2_frame(batch.gt_masks[0], square, side), official)
+
+
+def test_checkpointing_with_lora_keeps_frozen_encoders_out_of_autograd(tokenizer):
+    """peft asks for input gradients when checkpointing is on; only the LLM's input may get
+    them, or autograd keeps every activation of the frozen SAM2 and vision encoders."""
+    from vesselctl.settings.train import TrainSettings
+    from vesselctl.training.trainable import apply_trainable
+
+    torch.manual_seed(0)
+    model = Sa2VAModel(preset_config("tiny", tokenizer)).train()
+    model.set_llm_gradient_checkpointing(True)  # before wrapping, as train does when set on
+    settings = TrainSettings()
+    trained, _ = apply_trainable(model, settings.lora, settings.trainable, None)
+    seen: dict[str, bool] = {}
+
+    def record(name):
+        def hook(module, args, output):
+            tensor = output if isinstance(output, torch.Tensor) else output[0]
+            seen[name] = tensor.requires_grad
+
+        return hook
+
+    model.sam2.vision_encoder.get_input_embeddings().register_forward_hook(record("sam2"))
+    model.mllm.model.vision_tower.get_input_embeddings().register_forward_hook(record("vision"))
+    model.mllm.model.language_model.embed_tokens.register_forward_hook(record("llm"))
+    trained(make_batch(model.config, [1, 2])).loss.backward()
+    assert seen == {"sam2": False, "vision": False, "llm": True}
+    lora_grads = [p.grad for n, p in trained.named_parameters() if "lora_" in n]
+    assert lora_grads and all(g is not None for g in lora_grads)

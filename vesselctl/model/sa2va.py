@@ -133,6 +133,21 @@ class Sa2VAModel(PreTrainedModel):
         else:
             language_model.gradient_checkpointing_disable()
 
+    def enable_input_require_grads(self) -> None:
+        """Make the LLM's input embeddings output require grad, and nothing else.
+
+        peft calls this on the whole model when gradient checkpointing is on. transformers'
+        default hooks the input layer of every sub-model, the frozen InternViT and SAM2 Hiera
+        encoders included: autograd then keeps all their activations (about 30 GiB for SAM2 at
+        micro-batch 8 with Sa2VA-1B) and backpropagates through them for nothing, since their
+        weights do not train and nothing before them does.
+        """
+        self.mllm.model.language_model.enable_input_require_grads()
+
+    def disable_input_require_grads(self) -> None:
+        """Undo ``enable_input_require_grads``."""
+        self.mllm.model.language_model.disable_input_require_grads()
+
     @property
     def llm_gradient_checkpointing(self) -> bool:
         """Whether the LLM layers recompute activations in backward."""
