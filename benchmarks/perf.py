@@ -375,6 +375,9 @@ def run_config(
         _sync(device)
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
+    if name in args.profile_configs:
+        row["kernel_profile"] = profile_step(lambda: step(batches[0]), device)
+        print(f"{shape.preset} {name}: where one step's GPU time goes\n{row['kernel_profile']}")
     if cuda:  # + AdamW states and any gradients kept between steps
         row["allocated_after_steps_gib"] = torch.cuda.memory_allocated(device) / 2**30
     row.update(
@@ -396,6 +399,20 @@ def run_config(
         row["flops"] = count_flops(trained, batches[0], built.autocast_dtype)
     enable_encoder_cache(model, None)
     return row
+
+
+def profile_step(step: Any, device: Any) -> str:
+    """torch.profiler table of one training step: the 25 operators with the most GPU time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        step()
+        _sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=60)
 
 
 # --- prediction -----------------------------------------------------------------------------------
@@ -607,6 +624,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ckpt-memory-fraction", type=float, default=0.9)
     parser.add_argument("--no-flops", dest="count_flops", action="store_false")
     parser.add_argument("--flops-config", default="baseline", choices=list(CONFIGS))
+    parser.add_argument(
+        "--profile-configs",
+        nargs="*",
+        default=[],
+        choices=list(CONFIGS),
+        help="also print a torch.profiler table of one step of these configurations",
+    )
     parser.add_argument("--no-predict", dest="predict", action="store_false")
     parser.add_argument("--predict-batch", type=int, default=32)
     parser.add_argument("--predict-compile", default="llm,vision,sam2")
