@@ -317,6 +317,8 @@ def run_config(
         row["compiled_blocks"] = compile_llm_layers(
             model, mode=args.compile_mode, backend=args.compile_backend
         )
+        # As the train stage does for model.compile_mode reduce-overhead.
+        engine.cuda_graphs = cuda and args.compile_mode == "reduce-overhead"
 
     first_losses: list[list[float]] = []
 

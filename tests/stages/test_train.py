@@ -270,6 +270,21 @@ def test_encoder_cache_refuses_augmentations_and_training_encoders(dataset: Path
     assert stage._attach_encoder_cache(settings, model, cuda=False) is not None
 
 
+def test_cuda_graphs_refused_on_the_cpu_before_anything_is_written(
+    dataset: Path, tmp_path: Path
+) -> None:
+    settings = _settings(
+        dataset,
+        tmp_path / "run",
+        "model.compile=llm",
+        "model.compile_mode=reduce-overhead",
+        "model.gradient_checkpointing=false",
+    )
+    with pytest.raises(ConfigError, match="one CUDA GPU process"):
+        stage.run(settings)
+    assert not list((tmp_path / "run").glob("checkpoints/*"))
+
+
 def test_checkpointing_probe_step_leaves_the_run_unchanged(
     dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -89,6 +89,30 @@ def test_bad_settings_are_named(override: str, message: str) -> None:
         load_settings(TrainSettings, None, [override])
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.compile_mode=reduce-overhead"], "model.compile is off"),
+        (["model.compile_mode=reduce-overhead", "model.compile=llm"], "'auto'"),
+        (
+            ["model.compile_mode=reduce-overhead", "model.compile=llm",
+             "model.gradient_checkpointing=true"],
+            "True",
+        ),
+    ],
+)  # fmt: skip
+def test_cuda_graphs_need_compile_and_no_checkpointing(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(TrainSettings, None, overrides)
+    ok = load_settings(
+        TrainSettings,
+        None,
+        ["model.compile_mode=reduce-overhead", "model.compile=llm",
+         "model.gradient_checkpointing=false"],
+    )  # fmt: skip
+    assert ok.model.compile_mode == "reduce-overhead"
+
+
 def test_offload_needs_deepspeed_strategy() -> None:
     with pytest.raises(ConfigError, match="offload"):
         load_settings(TrainSettings, None, ["distributed.offload=true", "distributed.strategy=ddp"])

@@ -126,7 +126,8 @@ def _finish(model: Sa2VAModel, source: ModelSourceSettings) -> Sa2VAModel:
         # Compiles lazily at the first call; a failure there falls back to eager (see
         # acceleration.run_with_compile_fallback).
         parts = ("llm",) if source.compile == "llm" else ("llm", "vision", "sam2")
-        compile_blocks(model, parts)
+        mode = getattr(source, "compile_mode", "default")  # a training setting only
+        compile_blocks(model, parts, mode=None if mode == "default" else mode)
     return model
 
 

@@ -132,6 +132,28 @@ class TrainModelSettings(ModelSourceSettings):
         "one measured training step without it decides (on when its peak memory passes 90% of "
         "the GPU; always off on CPU).",
     )
+    compile_mode: Literal["default", "reduce-overhead"] = Field(
+        "default",
+        description="torch.compile mode of model.compile: default, or reduce-overhead (CUDA "
+        "graphs: far fewer kernel launches, which bound the small LLMs; needs model.compile, "
+        "model.gradient_checkpointing false and one GPU process without DeepSpeed).",
+    )
+
+    @model_validator(mode="after")
+    def _check_compile_mode(self) -> TrainModelSettings:
+        if self.compile_mode == "reduce-overhead":
+            if self.compile == "off":
+                raise ValueError(
+                    "model.compile_mode is reduce-overhead but model.compile is off; set "
+                    "model.compile to llm (or all)"
+                )
+            if self.gradient_checkpointing is not False:
+                raise ValueError(
+                    "model.compile_mode reduce-overhead (CUDA graphs) cannot replay gradient "
+                    f"checkpointing's recomputation; found model.gradient_checkpointing "
+                    f"{self.gradient_checkpointing!r}: set it to false, or use compile_mode default"
+                )
+        return self
 
 
 class SpeedSettings(Section):

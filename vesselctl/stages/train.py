@@ -143,6 +143,12 @@ def run(settings: TrainSettings) -> TrainResult:
     if strategy == "single" and dist.is_distributed:
         strategy = "ddp"
     check_environment(strategy, cuda, settings.distributed.offload)
+    if settings.model.compile_mode == "reduce-overhead" and (strategy != "single" or not cuda):
+        raise ConfigError(
+            f"model.compile_mode reduce-overhead (CUDA graphs) needs one CUDA GPU process "
+            f"without DeepSpeed; this run is strategy {strategy} on "
+            f"{'CUDA' if cuda else 'the CPU'}: use compile_mode default"
+        )
 
     # 6. Data: the sampler starts where the checkpoint stopped.
     optim = settings.optim

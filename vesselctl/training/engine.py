@@ -86,8 +86,10 @@ class TorchEngine:
         grad_clip: float,
         ddp: bool,
         autocast_dtype: torch.dtype | None,
+        cuda_graphs: bool = False,
     ) -> None:
         self.module = model
+        self.cuda_graphs = cuda_graphs  # blocks compiled with mode reduce-overhead
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.device = device
@@ -116,6 +118,9 @@ class TorchEngine:
 
     def micro_step(self, batch: Sa2VABatch, last_micro: bool, check: LossCheck) -> Sa2VAOutput:
         """Forward and backward one micro-batch; ``check`` may raise before backward runs."""
+        if self.cuda_graphs:
+            # A new iteration: CUDA-graph outputs of the previous one may now be overwritten.
+            torch.compiler.cudagraph_mark_step_begin()
         sync = (
             self.wrapped.no_sync()  # type: ignore[operator]
             if self.ddp and not last_micro
@@ -289,8 +294,13 @@ def build_engine(
             if param.requires_grad and param.dtype != torch.float32:
                 param.data = param.data.float()
         model.to(device)
+    # fused: one kernel for the whole update on CUDA (the multi-tensor default took ~7 ms per
+    # step for Sa2VA-4B's 141M trained values, 9% of the step); DeepSpeed manages its own copies.
     optimizer = torch.optim.AdamW(
-        adamw_param_groups(model, optim.weight_decay), lr=optim.lr, betas=tuple(optim.betas)
+        adamw_param_groups(model, optim.weight_decay),
+        lr=optim.lr,
+        betas=tuple(optim.betas),
+        fused=device.type == "cuda" and not uses_deepspeed,
     )
     warmup_steps = math.ceil(optim.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -310,5 +320,6 @@ def build_engine(
         optim.grad_clip,
         ddp=world_size > 1,
         autocast_dtype=autocast,
+        cuda_graphs=settings.model.compile_mode == "reduce-overhead" and device.type == "cuda",
     )
     return BuiltEngine(torch_engine, None, autocast, None)
