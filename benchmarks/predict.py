@@ -41,8 +41,15 @@ class RemappedProcessor:
     def replace_options(self, **changes: Any) -> RemappedProcessor:
         return RemappedProcessor(self.processor.replace_options(**changes), self.id_map)
 
+    @property
+    def options(self) -> Any:
+        return self.processor.options
+
     def encode(self, sample: Any, train: bool = False) -> Any:
         return self.processor.encode(sample, train)
+
+    def encode_pixels(self, sample_id: str, pixels: Any, phrases: Any) -> Any:
+        return self.processor.encode_pixels(sample_id, pixels, phrases)
 
     def collate(self, encoded: Any, train: bool) -> Any:
         return self._remap(self.processor.collate(encoded, train))
@@ -100,15 +107,26 @@ def sync(device: Any) -> None:
         torch.cuda.synchronize()
 
 
+#: Environment switch read by stage_settings: "cpu" makes every run resize with PIL in the
+#: loader workers (inference.gpu_preprocessing false) instead of on the GPU.
+PREPROCESSING_ENV = "VESSELCTL_BENCH_PREPROCESSING"
+
+
 def stage_settings(batch_size: int, workers: int, out: Path) -> Any:
     """Predict settings as the stage would resolve them for this benchmark."""
     from vesselctl.settings.base import load_settings
     from vesselctl.settings.predict import PredictSettings
 
+    gpu = os.environ.get(PREPROCESSING_ENV, "gpu") == "gpu"
     return load_settings(
         PredictSettings,
         None,
-        [f"inference.batch_size={batch_size}", f"inference.workers={workers}", "progress=false"],
+        [
+            f"inference.batch_size={batch_size}",
+            f"inference.workers={workers}",
+            f"inference.gpu_preprocessing={str(gpu).lower()}",
+            "progress=false",
+        ],
         {"model": out, "input": out, "out": out},
     )
 
@@ -342,6 +360,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", action="store_true", help="cProfile the main process over one loop run"
     )
+    parser.add_argument(
+        "--preprocessing",
+        nargs="+",
+        default=["gpu", "cpu"],
+        choices=["gpu", "cpu"],
+        help="where images are resized (inference.gpu_preprocessing); the first is used for "
+        "the multi-GPU run",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.worker:
@@ -357,21 +383,25 @@ def main(argv: list[str] | None = None) -> int:
     dtype = next(model.parameters()).dtype
     images = noise_images(args.images, args.image_size)
     rows = []
-    for bs in args.batch_sizes:
-        rate, peak, wait, model_share = single_pass_rate(
-            model, processor, images, bs, device, dtype, args.repeats, args.workers
-        )
-        rows.append(
-            {
-                "mode": "single_pass",
-                "gpus": 1,
-                "batch_size": bs,
-                "images_per_s": rate,
-                "peak_memory_gib": peak,
-                "input_wait_share": wait,
-                "model_share": model_share,
-            }
-        )
+    for preprocessing in args.preprocessing:
+        os.environ[PREPROCESSING_ENV] = preprocessing
+        for bs in args.batch_sizes:
+            rate, peak, wait, model_share = single_pass_rate(
+                model, processor, images, bs, device, dtype, args.repeats, args.workers
+            )
+            rows.append(
+                {
+                    "mode": "single_pass" if preprocessing == "gpu" else "single_pass_pil",
+                    "gpus": 1,
+                    "batch_size": bs,
+                    "images_per_s": rate,
+                    "peak_memory_gib": peak,
+                    "input_wait_share": wait,
+                    "model_share": model_share,
+                }
+            )
+    os.environ[PREPROCESSING_ENV] = args.preprocessing[0]  # what the 2-GPU run uses
+    first_mode = "single_pass" if args.preprocessing[0] == "gpu" else "single_pass_pil"
     for bs in args.batch_sizes:
         rows.append(
             {
@@ -431,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         multi = json.loads(lines[-1])
         rows.append(
             {
-                "mode": "single_pass",
+                "mode": first_mode,
                 "gpus": args.gpus,
                 "batch_size": multi["batch_size"],
                 "images_per_s": multi["images_per_s"],
@@ -441,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     one_gpu_best = {
         r["batch_size"]: r["images_per_s"]
         for r in rows
-        if r["mode"] == "single_pass" and r["gpus"] == 1
+        if r["mode"] == first_mode and r["gpus"] == 1
     }
     for row in rows:
         row["speedup_vs_generate"] = row["images_per_s"] / gen
@@ -449,14 +479,14 @@ def main(argv: list[str] | None = None) -> int:
             row["scaling_vs_1_gpu"] = row["images_per_s"] / one_gpu_best[row["batch_size"]]
 
     print(
-        f"{'mode':<12}{'gpus':>5}{'batch':>6}{'images/s':>10}{'peak GiB':>10}{'vs gen':>8}"
+        f"{'mode':<17}{'gpus':>5}{'batch':>6}{'images/s':>10}{'peak GiB':>10}{'vs gen':>8}"
         f"{'scaling':>9}{'input wait':>11}{'in model':>9}"
     )
     for r in rows:
         peak = "-" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.2f}"
         scaling = f"{r['scaling_vs_1_gpu']:.2f}x" if "scaling_vs_1_gpu" in r else "-"
         print(
-            f"{r['mode']:<12}{r['gpus']:>5}{r['batch_size']:>6}{r['images_per_s']:>10.2f}"
+            f"{r['mode']:<17}{r['gpus']:>5}{r['batch_size']:>6}{r['images_per_s']:>10.2f}"
             f"{peak:>10}{r['speedup_vs_generate']:>7.1f}x{scaling:>9}"
             f"{_share(r, 'input_wait_share'):>11}{_share(r, 'model_share'):>9}"
         )

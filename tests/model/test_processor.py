@@ -320,3 +320,20 @@ def test_pickles_and_runs_in_dataloader_workers(processor):
     batches = list(loader)
     assert [b.sample_ids for b in batches] == [["0", "1"], ["2", "3"]]
     assert all(b.labels is not None and len(b.gt_masks) == 2 for b in batches)
+
+
+def test_encode_pixels_matches_encode_on_a_numpy_image(tokenizer):
+    """The GPU path of predict: same tokens and frame, pixels within one grey level."""
+    processor = Sa2VAProcessor(tokenizer, **SMALL, normalise_on_device=True)
+    sample = _sample(height=40, width=90, masks=False)
+    reference = processor.encode(sample, train=False)
+    got = processor.encode_pixels(
+        sample.sample_id, torch.from_numpy(sample.image).permute(2, 0, 1), sample.phrases
+    )
+    assert got.input_ids == reference.input_ids and got.labels == reference.labels
+    assert got.sam2_frame == reference.sam2_frame and got.original_size == (40, 90)
+    for name in ("pixel_values", "sam2_pixel_values"):
+        a, b = getattr(got, name), getattr(reference, name)
+        assert a.shape == b.shape and (a.int() - b.int()).abs().max() <= 1, name
+    with pytest.raises(ModelError, match=r"\[3, H, W\] uint8"):
+        processor.encode_pixels("x", torch.zeros(3, 8, 8), ["vessels"])

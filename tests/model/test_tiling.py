@@ -243,3 +243,38 @@ def test_logits_to_image_handles_no_masks_and_checks_rank():
     assert sam2_logits_to_image(torch.zeros((0, 16, 16)), frame, (10, 12)).shape == (0, 10, 12)
     with pytest.raises(ModelError, match=r"\[n, h, w\]"):
         sam2_logits_to_image(torch.zeros((16, 16)), frame, (10, 10))
+
+
+# --- resizing on a device (predict's GPU path) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "out_h", "out_w"),
+    [(512, 512, 448, 448), (512, 512, 1024, 1024), (512, 700, 448, 896), (512, 700, 896, 448),
+     (300, 200, 120, 90), (64, 64, 64, 64)],
+)  # fmt: skip
+def test_resize_like_pil_is_within_one_grey_level_of_pil(height, width, out_h, out_w):
+    from vesselctl.model.tiling import _pil_resize, resize_like_pil
+
+    image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    expected = _pil_resize(image, out_w, out_h).astype(int)
+    got = resize_like_pil(torch.from_numpy(image).permute(2, 0, 1), out_w, out_h)
+    diff = np.abs(got.permute(1, 2, 0).numpy().astype(int) - expected)
+    assert got.dtype == torch.uint8 and got.shape == (3, out_h, out_w)
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+
+
+@pytest.mark.parametrize("mode", ["square", "letterbox"])
+def test_tensor_tiles_and_sam2_input_match_the_numpy_path(mode):
+    from vesselctl.model.tiling import internvl_tiles_tensor, sam2_pixels_tensor
+
+    image = np.random.default_rng(1).integers(0, 256, (300, 700, 3), dtype=np.uint8)
+    pixels = torch.from_numpy(image).permute(2, 0, 1)
+    tiles = internvl_tiles_tensor(pixels, 56, 1, 6, True)
+    expected = torch.from_numpy(internvl_tiles(image, 56, 1, 6, True)).permute(0, 3, 1, 2)
+    assert tiles.shape == expected.shape and tiles.shape[0] > 1  # a grid plus the thumbnail
+    assert (tiles.int() - expected.int()).abs().max() <= 1
+    sam2, frame = sam2_pixels_tensor(pixels, 128, mode)
+    reference, ref_frame = sam2_pixel_values(image, 128, mode, defer_normalisation=True)
+    assert frame == ref_frame and sam2.shape == reference.shape == (3, 128, 128)
+    assert (sam2.int() - reference.int()).abs().max() <= 1

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from vesselctl.errors import ConfigError
@@ -175,6 +176,37 @@ def test_collated_ahead_keeps_order_and_skips_unreadable() -> None:
     assert [g for g, _ in pairs] == groups
     ids = [None if b is None else b.sample_ids for _, b in pairs]
     assert ids == [["a", "b"], None, ["c"]]
+
+
+def test_views_encoded_from_device_pixels_match_worker_encoding() -> None:
+    """predict's GPU path (run here on the CPU): the group's views resized from a tensor give the
+    batch the loader workers' PIL path gives, tokens equal, pixels within one grey level."""
+    from vesselctl.model.presets import build_preset
+
+    _, processor = build_preset("tiny")
+    processor = processor.replace_options(normalise_on_device=True)
+    settings = load_settings(
+        PredictSettings,
+        None,
+        ["inference.hflip_tta=true", "inference.tile_size=64", "inference.tile_overlap=16"],
+        {"model": Path("m"), "input": Path("i"), "out": Path("o")},
+    )
+    rng = np.random.default_rng(0)
+    items = [
+        stage.PredictItem(f"img{i}", None, rng.integers(0, 256, (70, 90, 3), dtype=np.uint8))
+        for i in range(2)
+    ]
+    in_workers = stage.ImageViewsDataset(items, settings, processor, encode=True)
+    on_device = stage.ImageViewsDataset(items, settings, processor, encode=False)
+    reference = stage.collate_group(processor, [in_workers[i] for i in range(2)])
+    loaded = [on_device[i] for i in range(2)]
+    assert not loaded[0].encoded and len(loaded[0].views) > 2  # tiles, each also mirrored
+    got = stage.collate_group(processor, loaded, settings.prompt, "cpu")
+    assert torch.equal(got.input_ids, reference.input_ids)
+    assert got.sample_ids == reference.sample_ids
+    for name in ("pixel_values", "sam2_pixel_values"):
+        a, b = getattr(got, name), getattr(reference, name)
+        assert a.shape == b.shape and (a.int() - b.int()).abs().max() <= 1, name
 
 
 def test_prepared_dataset_split(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import io
 import struct
+import threading
 from types import ModuleType
 
 import numpy as np
@@ -33,11 +34,21 @@ def _cv2() -> ModuleType | None:
     working where a minimal image (e.g. a GPU machine with the package installed without its
     dependencies) lacks it. The two paths decode identically; encoded PNG bytes may differ.
     """
-    try:
-        import cv2
-    except ImportError:
-        return None
-    return cv2
+    # Looked up once, under a lock: predict's writer threads call this together, and a thread
+    # racing a failing first import could get the half-initialised module object.
+    if not _CV2_MODULE:
+        with _CV2_LOCK:
+            if not _CV2_MODULE:
+                try:
+                    import cv2
+                except ImportError:
+                    cv2 = None  # type: ignore[assignment]
+                _CV2_MODULE.append(cv2)
+    return _CV2_MODULE[0]
+
+
+_CV2_LOCK = threading.Lock()
+_CV2_MODULE: list[ModuleType | None] = []
 
 
 def _png_has_exif(data: bytes) -> bool:

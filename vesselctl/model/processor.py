@@ -45,10 +45,12 @@ from vesselctl.model.tiling import (
     SAM2_STD,
     Sam2Frame,
     internvl_pixel_values,
+    internvl_tiles_tensor,
     internvl_tokens_per_tile,
     qwen_image_processor,
     qwen_pixel_values,
     sam2_pixel_values,
+    sam2_pixels_tensor,
     to_rgb_uint8,
 )
 
@@ -381,25 +383,83 @@ class Sa2VAProcessor:
         # Training draws templates at random: from ``rng`` when given, else from Python's
         # ``random`` module, which DataLoader re-seeds in every worker. Inference: first ones.
         chooser: Any = None if not train else (rng if rng is not None else random)
-        input_ids, labels = self.encode_conversation(
-            sample.phrases, n_image_tokens, chooser, prompt_only
+        return self._with_text(
+            sample.sample_id,
+            sample.phrases,
+            chooser,
+            prompt_only,
+            EncodedSample(
+                input_ids=[],
+                labels=[],
+                mm_token_type_ids=None,
+                pixel_values=pixel_values,
+                image_grid_thw=grid,
+                sam2_pixel_values=sam2_pixels,
+                sam2_frame=frame,
+                gt_masks=gt_masks,
+                original_size=(height, width),
+                sample_id=sample.sample_id,
+            ),
+            n_image_tokens,
         )
-        input_ids, labels = self._fit_length(sample.sample_id, input_ids, labels, n_image_tokens)
-        mm_types = None
-        if o.family == "qwen2_5_vl":
-            mm_types = [1 if t == self.image_token_id else 0 for t in input_ids]
-        return EncodedSample(
-            input_ids=input_ids,
-            labels=labels,
-            mm_token_type_ids=mm_types,
-            pixel_values=pixel_values,
-            image_grid_thw=grid,
+
+    def _with_text(
+        self,
+        sample_id: str,
+        phrases: Sequence[str],
+        chooser: Any,
+        prompt_only: bool,
+        encoded: EncodedSample,
+        n_image_tokens: int,
+    ) -> EncodedSample:
+        """``encoded`` with the conversation's token ids and labels filled in."""
+        input_ids, labels = self.encode_conversation(phrases, n_image_tokens, chooser, prompt_only)
+        input_ids, labels = self._fit_length(sample_id, input_ids, labels, n_image_tokens)
+        encoded.input_ids, encoded.labels = input_ids, labels
+        if self.options.family == "qwen2_5_vl":
+            encoded.mm_token_type_ids = [1 if t == self.image_token_id else 0 for t in input_ids]
+        return encoded
+
+    def encode_pixels(
+        self, sample_id: str, pixels: torch.Tensor, phrases: Sequence[str]
+    ) -> EncodedSample:
+        """Inference encoding of an image already in a [3, H, W] uint8 tensor on any device,
+        resized where it lies (InternVL family): on a GPU this takes the PIL resizes off the
+        CPU. Pixels stay uint8 (normalised by ``Sa2VABatch.to``); the resize matches PIL's
+        within one grey level (``tiling.resize_like_pil``)."""
+        import torch
+
+        o = self.options
+        if o.family != "internvl":
+            raise ModelError(
+                f"encode_pixels resizes for the InternVL family only; this processor is "
+                f"{o.family}: use encode() with a numpy image"
+            )
+        if pixels.dtype != torch.uint8 or pixels.ndim != 3 or pixels.shape[0] != 3:
+            raise ModelError(
+                f"sample {sample_id}: encode_pixels needs [3, H, W] uint8 pixels, found "
+                f"{tuple(pixels.shape)} {pixels.dtype}"
+            )
+        if not phrases:
+            raise ModelError(f"sample {sample_id}: no phrases; each sample needs at least one")
+        tiles = internvl_tiles_tensor(
+            pixels, o.tile_size, o.min_tiles, o.max_tiles, o.use_thumbnail
+        )
+        sam2_pixels, frame = sam2_pixels_tensor(pixels, o.sam2_size, o.sam2_resize)  # type: ignore[arg-type]
+        encoded = EncodedSample(
+            input_ids=[],
+            labels=[],
+            mm_token_type_ids=None,
+            pixel_values=tiles,
+            image_grid_thw=None,
             sam2_pixel_values=sam2_pixels,
             sam2_frame=frame,
-            gt_masks=gt_masks,
-            original_size=(height, width),
-            sample_id=sample.sample_id,
+            gt_masks=None,
+            original_size=(int(pixels.shape[1]), int(pixels.shape[2])),
+            sample_id=sample_id,
         )
+        n_image_tokens = int(tiles.shape[0]) * self.tokens_per_tile
+        return self._with_text(sample_id, phrases, None, False, encoded, n_image_tokens)
 
     def _fit_length(
         self, sample_id: str, input_ids: list[int], labels: list[int], n_image_tokens: int

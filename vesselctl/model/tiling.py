@@ -103,6 +103,76 @@ def _pil_resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(resized)
 
 
+def resize_like_pil(pixels: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Bicubic resize of [..., 3, H, W] uint8 pixels on their device, as PIL does it.
+
+    For the GPU (predict resizes there instead of in CPU workers). PIL resizes in two
+    separable passes with a = -0.5 and antialiasing, rounding and clipping to uint8 after each
+    pass, horizontal first unless the image widens and shortens; torch's antialiased bicubic
+    uses the same kernel, so doing the same passes in the same order matches PIL within one
+    grey level (on fewer than 1% of pixels even for pure noise: PIL's fixed-point weights).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    height_in, width_in = pixels.shape[-2:]
+    if (height_in, width_in) == (height, width):
+        return pixels
+    x = pixels.reshape(-1, *pixels.shape[-3:]).to(torch.float32)
+    vertical_first = width > width_in and height < height_in
+    sizes = (
+        [(height, width_in), (height, width)]
+        if vertical_first
+        else [(height_in, width), (height, width)]
+    )
+    for size in sizes:
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
+            x = x.add_(0.5).floor_().clamp_(0, 255)  # PIL rounds halves up
+    return x.to(torch.uint8).reshape(*pixels.shape[:-2], height, width)
+
+
+def internvl_tiles_tensor(
+    pixels: torch.Tensor,
+    tile_size: int,
+    min_tiles: int = 1,
+    max_tiles: int = 12,
+    use_thumbnail: bool = True,
+) -> torch.Tensor:
+    """``internvl_tiles`` for a [3, H, W] uint8 tensor on any device: [n, 3, tile, tile] uint8."""
+    import torch
+
+    height, width = pixels.shape[-2:]
+    cols, rows = closest_grid(width, height, min_tiles, max_tiles, tile_size)
+    resized = resize_like_pil(pixels, cols * tile_size, rows * tile_size)
+    tiles = (
+        resized.reshape(3, rows, tile_size, cols, tile_size)
+        .permute(1, 3, 0, 2, 4)
+        .reshape(rows * cols, 3, tile_size, tile_size)
+    )
+    if use_thumbnail and rows * cols != 1:
+        thumbnail = resize_like_pil(pixels, tile_size, tile_size)
+        tiles = torch.cat([tiles, thumbnail[None]], dim=0)
+    return tiles
+
+
+def sam2_pixels_tensor(
+    pixels: torch.Tensor, size: int, mode: Sam2Resize = "square"
+) -> tuple[torch.Tensor, Sam2Frame]:
+    """``sam2_pixel_values(..., defer_normalisation=True)`` for a [3, H, W] uint8 tensor on any
+    device: [3, S, S] uint8 (letterbox padding 0) and its placement."""
+    import torch
+
+    frame = sam2_frame(int(pixels.shape[-2]), int(pixels.shape[-1]), size, mode)
+    content_h, content_w = frame.content
+    resized = resize_like_pil(pixels, content_w, content_h)
+    if frame.content == (size, size):
+        return resized.contiguous(), frame
+    canvas = torch.zeros((3, size, size), dtype=torch.uint8, device=pixels.device)
+    canvas[:, :content_h, :content_w] = resized
+    return canvas, frame
+
+
 def channels_first_uint8(pixels: np.ndarray) -> torch.Tensor:
     """[..., H, W, 3] uint8 -> [..., 3, H, W] uint8, for normalisation later on the device."""
     import torch

@@ -37,6 +37,12 @@ class InferenceSettings(Section):
         description="Processes that read and preprocess images beside the model (default: none "
         "on the CPU, up to 8 per GPU).",
     )
+    gpu_preprocessing: bool = Field(
+        True,
+        description="On a GPU, resize images for the model there (InternVL-based models): "
+        "loader workers only read files. Matches the PIL resize training used within one grey "
+        "level; false resizes with PIL in the workers.",
+    )
     hflip_tta: bool = Field(
         False, description="Also predict the mirrored image and average the probabilities."
     )

@@ -328,9 +328,14 @@ class ImageViewsDataset:
     """
 
     def __init__(
-        self, items: Sequence[PredictItem], settings: PredictSettings, processor: Any
+        self,
+        items: Sequence[PredictItem],
+        settings: PredictSettings,
+        processor: Any,
+        encode: bool = True,
     ) -> None:
         self.items, self.settings, self.processor = list(items), settings, processor
+        self.encode = encode  # False: the views are encoded on the GPU (collate_group)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -344,6 +349,8 @@ class ImageViewsDataset:
         except DatasetError as exc:
             return LoadedImage(item, None, [], error=str(exc))
         views = image_views(0, *image.shape[:2], self.settings)
+        if not self.encode:
+            return LoadedImage(item, image, views)
         encoded = [
             self.processor.encode(SegSample(f"{item.id}#{i}", crop, [self.settings.prompt]), False)
             for i, crop in enumerate(view_crops(image, views))
@@ -364,12 +371,17 @@ def resolve_workers(settings: PredictSettings, device: Any, world: int) -> int:
 
 
 def loaded_groups(
-    items: Sequence[PredictItem], processor: Any, settings: PredictSettings, workers: int
+    items: Sequence[PredictItem],
+    processor: Any,
+    settings: PredictSettings,
+    workers: int,
+    encode: bool = True,
 ) -> Iterator[list[LoadedImage]]:
-    """Groups of ``inference.batch_size`` prepared images, in input order."""
+    """Groups of ``inference.batch_size`` read (and, with ``encode``, encoded) images, in input
+    order."""
     import torch
 
-    dataset = ImageViewsDataset(items, settings, processor)
+    dataset = ImageViewsDataset(items, settings, processor, encode)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=None,  # one image per worker task; grouped below
@@ -389,9 +401,30 @@ def loaded_groups(
         yield group
 
 
-def collate_group(processor: Any, loaded: Sequence[LoadedImage]) -> Any:
-    """One batch of every view of the group's readable images (None when none is readable)."""
-    encoded = [e for entry in loaded if entry.image is not None for e in entry.encoded]
+def collate_group(
+    processor: Any, loaded: Sequence[LoadedImage], prompt: str | None = None, device: Any = None
+) -> Any:
+    """One batch of every view of the group's readable images (None when none is readable).
+
+    Views the loader workers did not encode are encoded here from pixels copied to ``device``
+    and resized there (``Sa2VAProcessor.encode_pixels``).
+    """
+    import torch
+
+    readable = [entry for entry in loaded if entry.image is not None]
+    encoded = []
+    for entry in readable:
+        if entry.encoded:
+            encoded.extend(entry.encoded)
+            continue
+        pixels = torch.from_numpy(entry.image).to(device).permute(2, 0, 1)  # type: ignore[arg-type]
+        for i, view in enumerate(entry.views):
+            y0, x0, y1, x1 = view.box
+            crop = pixels[:, y0:y1, x0:x1]
+            crop = crop.flip(-1) if view.flipped else crop
+            encoded.append(
+                processor.encode_pixels(f"{entry.item.id}#{i}", crop.contiguous(), [prompt])
+            )
     return processor.collate(encoded, False) if encoded else None
 
 
@@ -400,26 +433,28 @@ def collated_ahead(
     processor: Any,
     device: Any = None,
     dtype: Any = None,
+    prompt: str | None = None,
 ) -> Iterator[tuple[list[LoadedImage], Any]]:
-    """``(group, batch)`` pairs, the next group fetched, collated and (on CUDA) copied to the
-    GPU in a background thread while the caller runs the model on the current one.
+    """``(group, batch)`` pairs, the next group fetched, collated and (on CUDA) put on the GPU
+    in a background thread while the caller runs the model on the current one.
 
-    Receiving a group from the loader workers, padding it into a batch and copying ~100 MB of
-    pixels to the GPU take tens of milliseconds per batch; done in line, the GPU would wait for
-    them every batch.
+    Receiving a group from the loader workers, padding it into a batch and copying its pixels
+    to the GPU (or resizing them there) take tens of milliseconds per batch; done in line, the
+    GPU would wait for them every batch.
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    copy_ahead = getattr(device, "type", None) == "cuda"
+    on_gpu = getattr(device, "type", None) == "cuda"
 
     def fetch() -> tuple[list[LoadedImage], Any] | None:
         group = next(groups, None)
         if group is None:
             return None
-        batch = collate_group(processor, group)
-        if copy_ahead and batch is not None:
-            batch = to_device_ahead(batch, device, dtype)
-        return group, batch
+        if not on_gpu:
+            return group, collate_group(processor, group, prompt, device)
+        return group, built_on_gpu(
+            lambda: collate_group(processor, group, prompt, device), device, dtype
+        )
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vesselctl-collate") as pool:
         upcoming = pool.submit(fetch)
@@ -428,20 +463,23 @@ def collated_ahead(
             yield current
 
 
-def to_device_ahead(batch: Any, device: Any, dtype: Any) -> Any:
-    """``batch`` on the GPU, copied on a side stream from this (background) thread and finished
-    before it is returned; the CPU batch is returned as it is if the GPU has no room (the model
-    call then meets the out-of-memory error and halves the batch)."""
+def built_on_gpu(build: Any, device: Any, dtype: Any) -> Any:
+    """The batch ``build()`` collates, on the GPU: built and copied on a side stream from this
+    (background) thread, finished before it is returned. None when the GPU has no room: the
+    model loop then collates again and meets the out-of-memory error, which halves the batch."""
     import torch
 
     stream = torch.cuda.Stream(device)
     try:
         with torch.cuda.stream(stream):
-            moved = batch.to(device, dtype)
+            batch = build()
+            moved = batch.to(device, dtype) if batch is not None else None
         stream.synchronize()
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
-        return batch
+        return None
+    if moved is None:
+        return None
     # The caching allocator must not hand these blocks to the side stream again while the
     # model, on the default stream, may still read them.
     main = torch.cuda.default_stream(device)
@@ -471,7 +509,7 @@ def predict_group(
     readable = [entry for entry in loaded if entry.image is not None]
     try:
         if batch is None:
-            batch = collate_group(processor, loaded)
+            batch = collate_group(processor, loaded, settings.prompt, device)
         probs = _forward(model, batch, device, dtype)
     except torch.cuda.OutOfMemoryError:
         torch.cuda.empty_cache()
@@ -633,11 +671,17 @@ def predict_items(
 
     # uint8 pixels travel to the GPU and are normalised there (same values, less CPU work)
     on_device = processor.replace_options(normalise_on_device=True)
-    groups = loaded_groups(items, on_device, settings, workers)
+    # On a GPU, InternVL-based models get their images resized there: workers only read files.
+    gpu_resize = (
+        settings.inference.gpu_preprocessing
+        and getattr(device, "type", None) == "cuda"
+        and on_device.options.family == "internvl"
+    )
+    groups = loaded_groups(items, on_device, settings, workers, encode=not gpu_resize)
     with ThreadPoolExecutor(
         max_workers=writer_threads(), thread_name_prefix="vesselctl-write"
     ) as writer:
-        ahead = collated_ahead(groups, on_device, device, dtype)
+        ahead = collated_ahead(groups, on_device, device, dtype, settings.prompt)
         while True:
             t_wait = time.perf_counter()
             fetched = next(ahead, None)
