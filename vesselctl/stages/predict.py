@@ -417,7 +417,8 @@ def collate_group(
         if entry.encoded:
             encoded.extend(entry.encoded)
             continue
-        pixels = torch.from_numpy(entry.image).to(device).permute(2, 0, 1)  # type: ignore[arg-type]
+        image = np.ascontiguousarray(entry.image)  # torch refuses negative strides
+        pixels = torch.from_numpy(image).to(device).permute(2, 0, 1)
         for i, view in enumerate(entry.views):
             y0, x0, y1, x1 = view.box
             crop = pixels[:, y0:y1, x0:x1]
