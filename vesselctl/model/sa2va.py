@@ -149,6 +149,12 @@ class Sa2VAModel(PreTrainedModel):
         self.mllm.model.language_model.disable_input_require_grads()
 
     @property
+    def is_gradient_checkpointing(self) -> bool:
+        """Whether checkpointing is on (only ever on the LLM). peft reads this name when it
+        wraps the model; transformers >= 5.2x deprecates it with a warning on every read."""
+        return self.llm_gradient_checkpointing
+
+    @property
     def llm_gradient_checkpointing(self) -> bool:
         """Whether the LLM layers recompute activations in backward."""
         return any(
