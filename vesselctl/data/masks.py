@@ -169,8 +169,9 @@ class _Spans:
         stride = right - left + 1
         delta = _zeroed_scratch((bottom - top) * stride)
         base = (rows - top) * stride - left
-        np.add.at(delta, base + starts, 1)
-        np.add.at(delta, base + ends, -1)
+        # Typed scalars: with a Python int, ufunc.at takes a casting path ~30x slower.
+        np.add.at(delta, base + starts, np.int32(1))
+        np.add.at(delta, base + ends, np.int32(-1))
         # Every row's +1/-1 marks cancel within the row (each span ends in the row it starts
         # in), so one flat running sum equals the per-row sums; in place, it needs no new
         # memory (fresh allocations and their page faults cost more than the sum itself).
@@ -434,6 +435,20 @@ class Region:
     depth: int
 
 
+def double_mask(binary: np.ndarray) -> np.ndarray:
+    """Each pixel of a uint8 (H, W) mask as a 2x2 block: (2H, 2W), exact duplication.
+
+    Multiplying by 257 writes every byte twice in a uint16 (whatever the byte order), so the
+    columns are doubled by a view; rows by one broadcast copy. About 5x faster than
+    cv2.resize(INTER_NEAREST_EXACT), which took a third of the Sa2VA polygon time.
+    """
+    height, width = binary.shape
+    wide = (binary.astype(np.uint16) * np.uint16(257)).view(np.uint8)  # (H, 2W)
+    doubled = np.empty((height, 2, 2 * width), dtype=np.uint8)
+    doubled[...] = wide[:, None, :]
+    return doubled.reshape(2 * height, 2 * width)
+
+
 def mask_to_regions(mask: np.ndarray, tolerance: float = 0.0, nesting: bool = True) -> list[Region]:
     """Outlines of a binary mask that rasterise back to the same pixels under this module's rule.
 
@@ -450,9 +465,7 @@ def mask_to_regions(mask: np.ndarray, tolerance: float = 0.0, nesting: bool = Tr
     binary = np.ascontiguousarray(mask, dtype=np.uint8)
     if not binary.any():
         return []
-    height, width = binary.shape
-    # Exact pixel duplication (integer factor); faster than two np.repeat calls.
-    doubled = cv2.resize(binary, (2 * width, 2 * height), interpolation=cv2.INTER_NEAREST_EXACT)
+    doubled = double_mask(binary)
     retrieval = cv2.RETR_TREE if nesting else cv2.RETR_CCOMP
     contours, hierarchy = cv2.findContours(doubled, retrieval, cv2.CHAIN_APPROX_SIMPLE)
     if hierarchy is None:
@@ -499,3 +512,47 @@ def keyhole_polygon(region: Region) -> np.ndarray:
     for hole in region.holes:
         parts.extend([hole, hole[:1], start])
     return np.concatenate(parts)
+
+
+def mask_to_keyhole_polygons(mask: np.ndarray) -> list[np.ndarray]:
+    """Flat ``[x0, y0, x1, y1, ...]`` polygons of a binary mask, one per connected region.
+
+    The same polygons as ``keyhole_polygon`` of each ``mask_to_regions(mask, nesting=False)``
+    region, in the same order, built with array slices instead of per-region objects (prepare
+    writes them for every image into Sa2VA's annotations.json). A region's holes are joined to
+    its outline by zero-width bridges; islands inside holes are regions of their own, which is
+    right where regions are OR-ed together (one object).
+    """
+    import cv2
+
+    binary = np.ascontiguousarray(mask, dtype=np.uint8)
+    if not binary.any():
+        return []
+    contours, hierarchy = cv2.findContours(
+        double_mask(binary), cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE
+    )
+    if hierarchy is None:
+        return []
+    lengths = [len(c) for c in contours]
+    # Upsampled pixel index i has its centre at i + 0.5 on the 2x grid -> (i + 0.5) / 2.
+    points = (np.concatenate(contours).reshape(-1, 2).astype(np.float64) + 0.5) / 2.0
+    flat = points.reshape(-1)
+    links = hierarchy[0]
+    next_sibling, first_child = links[:, 0].tolist(), links[:, 2].tolist()
+    offsets = np.cumsum([0, *lengths[:-1]]).tolist()
+    polygons = []
+    for index in np.flatnonzero(links[:, 3] == -1).tolist():  # outlines; holes have a parent
+        start, count = offsets[index], lengths[index]
+        child = first_child[index]
+        if child == -1:
+            if count >= 3:
+                polygons.append(flat[2 * start : 2 * (start + count)])
+            continue
+        anchor = points[start : start + 1]
+        parts = [points[start : start + count], anchor]
+        while child != -1:
+            hole = offsets[child]
+            parts += [points[hole : hole + lengths[child]], points[hole : hole + 1], anchor]
+            child = next_sibling[child]
+        polygons.append(np.concatenate(parts).reshape(-1))
+    return polygons
