@@ -96,6 +96,8 @@ def _zeroed_scratch(size: int) -> np.ndarray:
 class _Spans:
     """Pixels covered by one run of shapes, gathered lazily and rasterised in one numpy pass.
 
+    A span is a half-open run of pixels ``[start, end)`` in one row, kept as two flat indices
+    ``row * (width + 1) + col`` (a row has ``width + 1`` slots so ``end`` can be ``width``).
     Rings of all polygons in the run are converted to row crossings together (even-odd within
     each shape, OR between shapes); spans become +1/-1 marks whose running sum along each row
     counts the shapes covering a pixel. Work is limited to the rows and columns the run touches.
@@ -105,20 +107,20 @@ class _Spans:
     width: int
     rings: list[np.ndarray] = field(default_factory=list)
     ring_groups: list[int] = field(default_factory=list)
-    rows: list[np.ndarray] = field(default_factory=list)
-    starts: list[np.ndarray] = field(default_factory=list)
+    starts: list[np.ndarray] = field(default_factory=list)  # flat indices, see above
     ends: list[np.ndarray] = field(default_factory=list)
     pixels: list[np.ndarray] = field(default_factory=list)  # boolean masks (mask shapes)
     next_group: int = 0
 
     def add(self, rows: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> None:
+        """Spans ``[starts, ends)`` (columns, clipped to the image) in ``rows`` (inside it)."""
         starts = np.clip(starts, 0, self.width)
         ends = np.clip(ends, 0, self.width)
         keep = ends > starts
         if keep.any():
-            self.rows.append(rows[keep])
-            self.starts.append(starts[keep])
-            self.ends.append(ends[keep])
+            row_base = rows[keep] * (self.width + 1)
+            self.starts.append(row_base + starts[keep])
+            self.ends.append(row_base + ends[keep])
 
     def add_rings(self, rings: Sequence[np.ndarray]) -> None:
         """Rings filled together by the even-odd rule (one shape)."""
@@ -137,20 +139,25 @@ class _Spans:
         lengths = np.fromiter((len(r) for r in self.rings), dtype=np.int64, count=len(self.rings))
         vertices = np.concatenate(self.rings)
         offsets = np.cumsum(lengths) - lengths
-        following = np.arange(len(vertices)) + 1
+        following = np.arange(1, len(vertices) + 1)
         following[offsets + lengths - 1] = offsets  # each ring closes on its first vertex
         groups = np.repeat(np.asarray(self.ring_groups, dtype=np.int64), lengths)
         rows, xs, edge_groups = _edge_crossings(vertices, following, groups, self.height)
         self.rings, self.ring_groups = [], []
         if rows.size == 0:
             return
-        # Sort by (shape, row) as one integer key, then x: two sort keys instead of three.
-        order = np.lexsort((xs, edge_groups * self.height + rows))
-        rows, xs = rows[order], xs[order]
+        # A crossing at x starts or ends a span at column ceil(x - 0.5): the first pixel whose
+        # centre is right of x. Within a (shape, row) the crossings pair up in x order; sorting
+        # the columns instead of the x values gives the same sorted columns (ceil is monotone),
+        # hence the same spans, and one integer key sorts by shape, row and column at once.
+        slots = self.width + 1
+        cols = np.clip(np.ceil(xs - 0.5), 0, self.width).astype(np.int64)
+        flat = rows * slots + cols
+        key = np.sort(edge_groups * (self.height * slots) + flat)
+        flat = key % (self.height * slots)
         # Each (shape, row) holds an even number of crossings: consecutive pairs are inside.
-        starts = np.ceil(xs[0::2] - 0.5).astype(np.int64)
-        ends = np.ceil(xs[1::2] - 0.5).astype(np.int64)
-        self.add(rows[0::2], starts, ends)
+        self.starts.append(flat[0::2])
+        self.ends.append(flat[1::2])
 
     def covered_box(self) -> tuple[int, int, np.ndarray] | None:
         """``(top, left, block)``: the covered pixels inside the bounding box of the run's spans.
@@ -159,19 +166,25 @@ class _Spans:
         Working on the box only keeps small shapes (holes) cheap on large images.
         """
         self._rasterise_rings()
-        if not self.rows:
+        if not self.starts:
             return None
-        rows = np.concatenate(self.rows)
         starts = np.concatenate(self.starts)
         ends = np.concatenate(self.ends)
+        slots = self.width + 1
+        rows, start_cols = np.divmod(starts, slots)
         top, bottom = int(rows.min()), int(rows.max()) + 1
-        left, right = int(starts.min()), int(ends.max())
+        left, right = int(start_cols.min()), int((ends % slots).max())
+        if right <= left:
+            return None  # only empty spans
         stride = right - left + 1
         delta = _zeroed_scratch((bottom - top) * stride)
-        base = (rows - top) * stride - left
+        # Box index of a flat index f (row r, column c): (r - top) * stride + c - left, and
+        # f - r * slots = c, so it is f + r * (stride - slots) - top * stride - left; an end
+        # lies in its start's row.
+        shift = rows * (stride - slots) - (top * stride + left)
         # Typed scalars: with a Python int, ufunc.at takes a casting path ~30x slower.
-        np.add.at(delta, base + starts, np.int32(1))
-        np.add.at(delta, base + ends, np.int32(-1))
+        np.add.at(delta, starts + shift, np.int32(1))
+        np.add.at(delta, ends + shift, np.int32(-1))
         # Every row's +1/-1 marks cancel within the row (each span ends in the row it starts
         # in), so one flat running sum equals the per-row sums; in place, it needs no new
         # memory (fresh allocations and their page faults cost more than the sum itself).
