@@ -135,30 +135,7 @@ class _Spans:
                 self.ring_groups.append(group)
 
     def _rasterise_rings(self) -> None:
-        if not self.rings:
-            return
-        lengths = np.fromiter((len(r) for r in self.rings), dtype=np.int64, count=len(self.rings))
-        vertices = np.concatenate(self.rings)
-        offsets = np.cumsum(lengths) - lengths
-        following = np.arange(1, len(vertices) + 1)
-        following[offsets + lengths - 1] = offsets  # each ring closes on its first vertex
-        groups = np.repeat(np.asarray(self.ring_groups, dtype=np.int64), lengths)
-        rows, xs, edge_groups = _edge_crossings(vertices, following, groups, self.height)
-        self.rings, self.ring_groups = [], []
-        if rows.size == 0:
-            return
-        # A crossing at x starts or ends a span at column ceil(x - 0.5): the first pixel whose
-        # centre is right of x. Within a (shape, row) the crossings pair up in x order; sorting
-        # the columns instead of the x values gives the same sorted columns (ceil is monotone),
-        # hence the same spans, and one integer key sorts by shape, row and column at once.
-        slots = self.width + 1
-        cols = np.clip(np.ceil(xs - 0.5), 0, self.width).astype(np.int64)
-        flat = rows * slots + cols
-        key = np.sort(edge_groups * (self.height * slots) + flat)
-        flat = key % (self.height * slots)
-        # Each (shape, row) holds an even number of crossings: consecutive pairs are inside.
-        self.starts.append(flat[0::2])
-        self.ends.append(flat[1::2])
+        _rasterise_runs([self])
 
     def covered_box(self) -> tuple[int, int, np.ndarray] | None:
         """``(top, left, block)``: the covered pixels inside the bounding box of the run's spans.
@@ -214,6 +191,55 @@ class _Spans:
         covered = np.zeros((self.height, self.width), dtype=bool)
         self.paint(covered, True)
         return covered
+
+
+def _rasterise_runs(runs: Sequence[_Spans]) -> None:
+    """Turn the pending rings of every run into spans, in one numpy pass for all runs.
+
+    One pass over all runs costs the fixed price of some twenty array operations once, not
+    once per run (a vessel file is typically two runs: outlines, then holes).
+    """
+    pending = [run for run in runs if run.rings]
+    if not pending:
+        return
+    height, width = pending[0].height, pending[0].width
+    rings: list[np.ndarray] = []
+    ring_groups: list[int] = []
+    group_ends = []  # per run: one past its last group number, numbering runs one after another
+    first_group = 0
+    for run in pending:
+        rings += run.rings
+        ring_groups += [first_group + group for group in run.ring_groups]
+        first_group += run.next_group
+        group_ends.append(first_group)
+        run.rings, run.ring_groups = [], []
+    lengths = np.fromiter((len(r) for r in rings), dtype=np.int64, count=len(rings))
+    vertices = np.concatenate(rings)
+    offsets = np.cumsum(lengths) - lengths
+    following = np.arange(1, len(vertices) + 1)
+    following[offsets + lengths - 1] = offsets  # each ring closes on its first vertex
+    groups = np.repeat(np.asarray(ring_groups, dtype=np.int64), lengths)
+    rows, xs, edge_groups = _edge_crossings(vertices, following, groups, height)
+    if rows.size == 0:
+        return
+    # A crossing at x starts or ends a span at column ceil(x - 0.5): the first pixel whose
+    # centre is right of x. Within a (shape, row) the crossings pair up in x order; sorting the
+    # columns instead of the x values gives the same sorted columns (ceil is monotone), hence
+    # the same spans, and one integer key sorts by shape, row and column at once.
+    slots = width + 1
+    per_group = height * slots
+    cols = np.clip(np.ceil(xs - 0.5), 0, width).astype(np.int64)
+    key = np.sort(edge_groups * per_group + rows * slots + cols)
+    # Runs own consecutive group numbers, so each run's crossings are one slice of the keys.
+    cuts = np.searchsorted(key, np.asarray(group_ends, dtype=np.int64) * per_group).tolist()
+    start = 0
+    for run, end in zip(pending, cuts, strict=True):
+        if end > start:
+            flat = key[start:end] % per_group
+            # Each (shape, row) holds an even number of crossings: consecutive pairs are inside.
+            run.starts.append(flat[0::2])
+            run.ends.append(flat[1::2])
+        start = end
 
 
 def _edge_crossings(
@@ -335,10 +361,11 @@ def add_shape(
 ) -> None:
     """Add one shape's pixels at the output resolution to ``spans``."""
     points = shape.array()
-    scale = np.array([scale_x, scale_y])
     kind = shape.shape_type
+    unscaled = scale_x == 1.0 and scale_y == 1.0
+    scale = np.array([scale_x, scale_y])
     if kind in ("polygon", "oriented_rectangle"):
-        add_even_odd_rings(spans, [points * scale])
+        add_even_odd_rings(spans, [points if unscaled else points * scale])
     elif kind == "rectangle":
         (xa, ya), (xb, yb) = points[0], points[1]
         corners = np.array([[xa, ya], [xb, ya], [xb, yb], [xa, yb]]) * scale
@@ -382,14 +409,11 @@ def rasterize_shapes(
     """
     options = options or RasterOptions()
     mask = np.zeros((height, width), dtype=bool)
-    # Consecutive shapes with the same role are merged into one pass (OR within the run).
+    # Consecutive shapes with the same role form a run, filled in one pass (OR within the run);
+    # runs are painted in file order once the rings of all of them have been rasterised.
+    runs: list[tuple[str, _Spans]] = []
     current_role: str | None = None
     spans = _Spans(height, width)
-
-    def flush() -> None:
-        if current_role is not None:
-            spans.paint(mask, current_role == ROLE_VESSEL)
-
     for shape in shapes:
         role = roles.role(shape.label)
         if role is None:
@@ -402,11 +426,13 @@ def rasterize_shapes(
         if role == ROLE_IGNORE:
             continue
         if role != current_role:
-            flush()
             current_role = role
             spans = _Spans(height, width)
+            runs.append((role, spans))
         add_shape(spans, shape, scale_y, scale_x, options, name)
-    flush()
+    _rasterise_runs([run for _, run in runs])
+    for role, run in runs:
+        run.paint(mask, role == ROLE_VESSEL)
     return mask
 
 
