@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image, PngImagePlugin
 
 from vesselctl.data.images import read_image
 from vesselctl.data.manifest import read_manifest
@@ -410,3 +412,64 @@ def test_sa2va_masks_decode_exactly_with_pycocotools(prepared, prepared_polygons
             assert (decoded == truth).all()  # 0/1 only: segments never overlap
             checked += 1
     assert checked == 12
+
+
+def _rewrite_images_with_pillow(src: Path, **save_kwargs) -> dict[str, bytes]:
+    """Re-save every PNG next to the JSON files with Pillow: same pixels, other bytes."""
+    written = {}
+    for path in sorted(src.glob("*.png")):
+        buffer = io.BytesIO()
+        Image.fromarray(read_image(path)).save(buffer, "PNG", **save_kwargs)
+        path.write_bytes(buffer.getvalue())
+        written[path.stem] = buffer.getvalue()
+    return written
+
+
+def test_plain_png_at_the_output_size_is_copied_with_the_decode_paths_pixels(tmp_path):
+    src = tmp_path / "src"
+    write_labelme_dataset(src, 3, seed=6, sizes=(64,), embed_every=0)
+    sources = _rewrite_images_with_pillow(src)
+    size = {"height": 64, "width": 64}
+    copied, encoded = tmp_path / "copied", tmp_path / "encoded"
+    prepare.run(settings(src, copied, resize=size))
+    prepare.run(settings(src, encoded, resize={**size, "png": "small"}))  # always re-encodes
+    for record in read_manifest(copied):
+        data = (copied / record.image).read_bytes()
+        assert data == sources[record.id]  # the source file's own bytes
+        assert record.extra["sha256_image"] == hashlib.sha256(data).hexdigest()
+        assert record.extra["channels"] == 1 and record.extra["orig_dtype"] == "uint8"
+        other = (encoded / record.image).read_bytes()
+        assert other != data
+        assert (read_image(copied / record.image) == read_image(encoded / record.image)).all()
+        assert (read_image(copied / record.mask) == read_image(encoded / record.mask)).all()
+
+
+def test_png_with_metadata_or_another_size_is_re_encoded(tmp_path):
+    src = tmp_path / "src"
+    write_labelme_dataset(src, 2, seed=6, sizes=(64,), embed_every=0)
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Comment", "patient name")
+    sources = _rewrite_images_with_pillow(src, pnginfo=text)
+    for out, size in ((tmp_path / "same", 64), (tmp_path / "smaller", 32)):
+        prepare.run(settings(src, out, resize={"height": size, "width": size}))
+        for record in read_manifest(out):
+            data = (out / record.image).read_bytes()
+            assert data != sources[record.id] and b"patient name" not in data
+            assert read_image(out / record.image).shape == (size, size)
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "truncated", "no IEND"])
+def test_damaged_png_is_still_reported(tmp_path, damage):
+    src = tmp_path / "src"
+    write_labelme_dataset(src, 2, seed=6, sizes=(64,), embed_every=0)
+    path = src / "P001_img0001.png"
+    data = bytearray(path.read_bytes())
+    if damage == "flipped byte":
+        data[len(data) // 2] ^= 0x01
+    damaged = {"flipped byte": bytes(data), "truncated": data[: len(data) // 2]}.get(
+        damage, bytes(data[:-12])
+    )
+    path.write_bytes(damaged)
+    with pytest.raises(DatasetError, match=r"(?s)1 of 2 file.*P001_img0001.json: cannot decode"):
+        prepare.run(settings(src, tmp_path / "out", resize={"height": 64, "width": 64}))
+    assert path.read_bytes() == damaged  # inputs never modified
