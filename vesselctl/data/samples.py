@@ -1,8 +1,8 @@
 """Turning one source (a LabelMe JSON, or an image + mask pair) into an output image and mask.
 
 This is the per-file work of prepare, run in worker processes: read, check, rasterise at the
-output size, resize the image, write both PNGs (atomically) and return what the manifest and
-Sa2VA's annotations.json need. Problems are returned as messages, not raised, so the stage can
+output size, resize the image (or copy a plain PNG already at that size), write both PNGs
+(atomically) and return what the manifest and Sa2VA's annotations.json need. Problems are returned as messages, not raised, so the stage can
 report every bad file at once.
 """
 
@@ -213,8 +213,8 @@ def _output_image_png(
     """The output image's PNG bytes.
 
     A plain PNG already at the output size is copied (in ``fast`` mode): it is lossless and
-    the same pixels as a decode + re-encode, at a tenth of the cost. Otherwise the pixels are
-    decoded, made 8-bit, resized and encoded.
+    the same pixels as a decode + re-encode, for about 0.1 ms of CRC checks instead of about
+    4 ms (512x512). Otherwise the pixels are decoded, made 8-bit, resized and encoded.
     """
     same_size = (source.height, source.width) == (out_h, out_w)
     if source.pixels is None and same_size and config.png_mode == "fast":
@@ -280,7 +280,7 @@ def _prepare_mask_pair(item: SourceItem, config: SampleConfig, result: SampleRes
     name = item.relative
     if item.image is None:  # pragma: no cover - sources always pair an image
         raise DatasetError(f"{name}: image/mask source without an image")
-    pixels = decode_image_bytes(item.image.read_bytes(), name)
+    image = _read_source_image(item.image.read_bytes(), name)
     mask_name = item.annotation.name
     raw_mask = decode_image_bytes(item.annotation.read_bytes(), mask_name, apply_exif=False)
     if raw_mask.ndim == 3:
@@ -300,7 +300,7 @@ def _prepare_mask_pair(item: SourceItem, config: SampleConfig, result: SampleRes
             "without anti-aliasing"
         )
         return
-    in_h, in_w = pixels.shape[:2]
+    in_h, in_w = image.height, image.width
     if raw_mask.shape != (in_h, in_w):
         result.errors.append(
             f"{name}: mask {mask_name} is {raw_mask.shape[0]}x{raw_mask.shape[1]} but the image "
@@ -309,15 +309,15 @@ def _prepare_mask_pair(item: SourceItem, config: SampleConfig, result: SampleRes
         return
     out_h, out_w = _output_size(config, in_h, in_w)
     mask = resample_mask(raw_mask > 0, out_h, out_w)
-    image_png = encode_png(resize_image(to_uint8(pixels), out_h, out_w), config.png_mode, "image")
+    image_png = _output_image_png(image, config, out_h, out_w, name)
     result.info.update(
         {
             "image_source": "file",
             "mask_source": item.annotation.name,
             "orig_height": in_h,
             "orig_width": in_w,
-            "orig_dtype": str(pixels.dtype),
-            "channels": 1 if pixels.ndim == 2 else 3,
+            "orig_dtype": image.dtype,
+            "channels": image.channels,
             "scale_y": out_h / in_h,
             "scale_x": out_w / in_w,
             "shape_counts": {},
