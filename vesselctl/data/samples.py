@@ -2,8 +2,8 @@
 
 This is the per-file work of prepare, run in worker processes: read, check, rasterise at the
 output size, resize the image (or copy a plain PNG already at that size), write both PNGs
-(atomically) and return what the manifest and Sa2VA's annotations.json need. Problems are returned as messages, not raised, so the stage can
-report every bad file at once.
+(atomically) and return what the manifest and Sa2VA's annotations.json need. Problems are
+returned as messages, not raised, so the stage can report every bad file at once.
 """
 
 from __future__ import annotations
