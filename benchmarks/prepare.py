@@ -224,6 +224,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="folder for the temp data")
     args = parser.parse_args()
 
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="vesselctl-bench-", dir=args.workdir))
     try:
         labelme_dir = root / "labelme"
