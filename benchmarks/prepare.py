@@ -104,37 +104,48 @@ def timed(func, *args) -> float:
     return time.perf_counter() - started
 
 
-def cpu_per_image(labelme_dir: Path, images: list[Path], root: Path, count: int) -> dict:
+def cpu_per_image(
+    labelme_dir: Path, images: list[Path], root: Path, count: int, repeat: int
+) -> dict:
     """CPU milliseconds per image of the floor and of prepare, each in this one process.
 
     Reported beside the wall clock because other load on a shared machine slows both parallel
-    runs unequally; CPU time per image, measured without worker processes, does not depend on it.
+    runs unequally; CPU time per image, measured without worker processes, does not depend on
+    it as much. The three measurements run alternately ``repeat`` times, the lowest of each kept.
     """
     subset = images[:count]
-    floor_dir = root / "cpu-floor"
-    started = time.process_time()
-    for path in subset:
-        _floor_one((str(path), str(floor_dir / "images" / path.name)))
-    floor_cpu = time.process_time() - started
-    sub_dir = root / "cpu-labelme"
-    sub_dir.mkdir()
+    copied_dir, reencoded_dir = root / "cpu-labelme", root / "cpu-labelme-text"
+    copied_dir.mkdir()
+    reencoded_dir.mkdir()
     for path in subset:
         for suffix in (".json", ".png"):
-            shutil.copyfile(path.with_suffix(suffix), sub_dir / path.with_suffix(suffix).name)
-    started = time.process_time()
-    run_prepare(sub_dir, root / "cpu-prepared", 1)
-    prepare_cpu = time.process_time() - started
-    # The same files with a text chunk in every PNG: prepare then decodes and re-encodes each
-    # image with the floor's encoder settings instead of copying it (JPEGs, other sizes, 16-bit
-    # or metadata-carrying PNGs take this path).
-    for path in subset:
-        png = sub_dir / path.with_suffix(".png").name
+            shutil.copyfile(path.with_suffix(suffix), copied_dir / path.with_suffix(suffix).name)
+            shutil.copyfile(path.with_suffix(suffix), reencoded_dir / path.with_suffix(suffix).name)
+        # With a text chunk in every PNG, prepare decodes and re-encodes each image with the
+        # floor's encoder settings instead of copying it (JPEGs, other sizes, 16-bit or
+        # metadata-carrying PNGs take this path).
+        png = reencoded_dir / path.with_suffix(".png").name
         png.write_bytes(_with_text_chunk(png.read_bytes()))
-    started = time.process_time()
-    run_prepare(sub_dir, root / "cpu-prepared-reencoded", 1)
-    reencode_cpu = time.process_time() - started
+    floor_cpu = prepare_cpu = reencode_cpu = float("inf")
+    for _ in range(repeat):
+        floor_dir = root / "cpu-floor"
+        shutil.rmtree(floor_dir, ignore_errors=True)
+        started = time.process_time()
+        for path in subset:
+            _floor_one((str(path), str(floor_dir / "images" / path.name)))
+        floor_cpu = min(floor_cpu, time.process_time() - started)
+        for source, target in ((copied_dir, "cpu-prepared"), (reencoded_dir, "cpu-reencoded")):
+            shutil.rmtree(root / target, ignore_errors=True)
+            started = time.process_time()
+            run_prepare(source, root / target, 1)
+            spent = time.process_time() - started
+            if source == copied_dir:
+                prepare_cpu = min(prepare_cpu, spent)
+            else:
+                reencode_cpu = min(reencode_cpu, spent)
     return {
         "images": len(subset),
+        "repeats": repeat,
         "floor_cpu_ms_per_image": round(1000 * floor_cpu / len(subset), 2),
         "prepare_cpu_ms_per_image": round(1000 * prepare_cpu / len(subset), 2),
         "prepare_over_floor_cpu": round(prepare_cpu / floor_cpu, 3),
@@ -241,7 +252,9 @@ def main() -> None:
             shutil.rmtree(root / "prepared", ignore_errors=True)
             prepare_runs.append(timed(run_prepare, labelme_dir, root / "prepared", args.workers))
         floor_s, prepare_s = min(floor_runs), min(prepare_runs)
-        cpu = cpu_per_image(labelme_dir, images, root, min(args.count, args.cpu_images))
+        cpu = cpu_per_image(
+            labelme_dir, images, root, min(args.count, args.cpu_images), args.repeat
+        )
         parts = (
             breakdown(labelme_dir, root, min(args.count, args.cpu_images))
             if args.size == 512
