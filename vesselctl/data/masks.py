@@ -606,10 +606,14 @@ def mask_to_coco_rle(mask: np.ndarray) -> dict[str, Any]:
     starts with a 0), as pycocotools' ``frPyObjects`` reads it; an int64 array (orjson writes
     it directly). Exact by construction, and about 5x cheaper than tracing polygons.
     """
+    import cv2
+
     height, width = mask.shape
-    flat = np.ascontiguousarray(mask.T, dtype=bool).reshape(-1)  # column-major order
+    binary = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+    # Column-major order; cv2.transpose is about 3x faster than numpy's transposed copy.
+    flat = (cv2.transpose(binary) if binary.size else binary.T).reshape(-1)
     changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    counts = np.diff(np.concatenate(([0], changes, [flat.size])))
+    counts = np.diff(changes, prepend=0, append=flat.size)
     if flat.size and flat[0]:
         counts = np.concatenate(([0], counts))
     return {"size": [int(height), int(width)], "counts": counts}
