@@ -170,9 +170,33 @@ class _Spans:
         counts = delta.reshape(bottom - top, stride)[:, : right - left]
         return top, left, counts > 0
 
+    def _paint_sparse(self, mask: np.ndarray, value: bool) -> bool:
+        """Write ``value`` to every pixel of every span; False (nothing done) for dense runs.
+
+        Setting a pixel twice is harmless, so overlapping spans need no counting: this costs
+        the number of covered pixels, the running sum of ``covered_box`` the area of the box,
+        which is most of the image for holes scattered over it.
+        """
+        self._rasterise_rings()
+        if not self.starts or not mask.flags.c_contiguous:
+            return not self.starts
+        starts = np.concatenate(self.starts)
+        lengths = np.concatenate(self.ends) - starts
+        total = int(lengths.sum())
+        if total * 8 > mask.size:
+            return False
+        keep = lengths > 0
+        lengths = lengths[keep]
+        # Flat index in the mask: a row holds width pixels, not width + 1 slots.
+        first = starts[keep] - starts[keep] // (self.width + 1)
+        runs_before = np.cumsum(lengths) - lengths
+        pixels = np.arange(total) + np.repeat(first - runs_before, lengths)
+        mask.reshape(-1)[pixels] = value
+        return True
+
     def paint(self, mask: np.ndarray, value: bool) -> None:
         """Set (value True) or clear (value False) the run's pixels in ``mask``."""
-        box = self.covered_box()
+        box = None if self._paint_sparse(mask, value) else self.covered_box()
         if box is not None:
             top, left, block = box
             view = mask[top : top + block.shape[0], left : left + block.shape[1]]
@@ -362,11 +386,13 @@ def add_shape(
     """Add one shape's pixels at the output resolution to ``spans``."""
     points = shape.array()
     kind = shape.shape_type
-    unscaled = scale_x == 1.0 and scale_y == 1.0
+    if kind in ("polygon", "oriented_rectangle"):  # most shapes: the short way
+        if scale_x != 1.0 or scale_y != 1.0:
+            points = points * np.array([scale_x, scale_y])
+        spans.add_rings((points,))
+        return
     scale = np.array([scale_x, scale_y])
-    if kind in ("polygon", "oriented_rectangle"):
-        add_even_odd_rings(spans, [points if unscaled else points * scale])
-    elif kind == "rectangle":
+    if kind == "rectangle":
         (xa, ya), (xb, yb) = points[0], points[1]
         corners = np.array([[xa, ya], [xb, ya], [xb, yb], [xa, yb]]) * scale
         add_even_odd_rings(spans, [corners])
