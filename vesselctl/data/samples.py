@@ -14,6 +14,7 @@ import multiprocessing.context
 import os
 import tempfile
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,8 +94,11 @@ def write_file_unsynced(path: Path, data: bytes) -> None:
         raise
 
 
-def flush_to_disk(paths: list[Path]) -> None:
-    """Make written files durable: one sync() where the OS has it, else fsync per file."""
+def flush_to_disk(paths: Iterable[Path]) -> None:
+    """Make written files durable: one sync() where the OS has it, else fsync per file.
+
+    ``paths`` is only iterated without sync() (a generator costs nothing where it is there).
+    """
     if hasattr(os, "sync"):
         os.sync()
         return

@@ -187,17 +187,18 @@ def _clear_output(out_dir: Path, overwrite: bool) -> None:
 def _find_sources(settings: PrepareSettings, input_dir: Path) -> tuple[str, list[SourceItem]]:
     folders = settings.mask_folder
     input_format = settings.input_format
-    if input_format == "auto":
-        input_format = detect_input_format(input_dir, folders.images_dir, folders.masks_dir)
-    if input_format == "labelme":
-        items = find_labelme_sources(input_dir)
-        if not items:
+    if input_format in ("auto", "labelme"):
+        items = find_labelme_sources(input_dir)  # auto: any JSON makes it a LabelMe folder
+        if items:
+            return "labelme", items
+        if input_format == "labelme":
             raise DatasetError(f"{input_dir}: no LabelMe .json files found (searched recursively)")
-    else:
-        items = find_mask_folder_sources(
-            input_dir, folders.images_dir, folders.masks_dir, folders.mask_suffix
-        )
-    return input_format, items
+        # auto without any JSON: an image + mask folder, or an error saying what is missing.
+        detect_input_format(input_dir, folders.images_dir, folders.masks_dir)
+    items = find_mask_folder_sources(
+        input_dir, folders.images_dir, folders.masks_dir, folders.mask_suffix
+    )
+    return "mask_folder", items
 
 
 def _previous_split(settings: PrepareSettings, out_dir: Path) -> tuple[StoredSplit | None, str]:
@@ -474,7 +475,7 @@ def run(settings: PrepareSettings) -> PrepareResult:
     write_resolved_settings(settings, out_dir)
     timings["describe_s"] = time.perf_counter() - started - sum(timings.values())
     # Completion markers last, after every image and mask is on disk.
-    flush_to_disk([out_dir / p for r in good for p in (image_relpath(r.id), mask_relpath(r.id))])
+    flush_to_disk(out_dir / p for r in good for p in (image_relpath(r.id), mask_relpath(r.id)))
     timings["sync_s"] = time.perf_counter() - started - sum(timings.values())
     elapsed = time.perf_counter() - started
     atomic_write_json(
