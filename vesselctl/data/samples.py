@@ -165,6 +165,7 @@ def sa2va_entry_text(image_name: str, segments: list[Any], phrase: str) -> str:
 def _write_outputs(
     result: SampleResult, config: SampleConfig, image_png: bytes, mask: np.ndarray
 ) -> None:
+    mask = np.asarray(mask, dtype=bool)
     mask_png = encode_png(mask.view(np.uint8) * np.uint8(255), config.png_mode, "mask")
     write_file_unsynced(config.out_dir / image_relpath(result.id), image_png)
     write_file_unsynced(config.out_dir / mask_relpath(result.id), mask_png)
