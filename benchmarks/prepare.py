@@ -5,11 +5,14 @@ into a temporary folder, then times, with the same number of worker processes:
 
 * the I/O floor: read each image file, decode it, re-encode it as PNG with the same encoder
   settings prepare uses, write it (temp file + rename) and sync once at the end;
-* prepare: the whole stage (parse, rasterise, resize, write image + mask, Sa2VA polygons,
-  manifest, splits, report).
+* prepare: the whole stage with default settings (parse, rasterise, write image + mask, Sa2VA
+  annotations, manifest, splits, report). The synthetic images are plain 8-bit PNGs already at
+  the output size, so prepare copies their bytes (CRC-checked) where the floor re-encodes them;
+  the per-part table lists the floor's decode and encode too, for what other images cost.
 
-Each is run ``--repeat`` times alternately and the fastest run is kept. Prints a table and writes
-JSON (``--out``). Targets (issue 2): prepare >= 100 images/s on 2 cores and <= 1.5x the floor.
+Each is run ``--repeat`` times alternately, each into an empty output folder (clean-up is not
+timed), and the fastest run is kept. Prints a table and writes JSON (``--out``). Targets
+(issue 2): prepare >= 100 images/s on 2 cores and <= 1.5x the floor.
 
     python benchmarks/prepare.py --count 1220 --workers 2 --out prepare_bench.json
     python benchmarks/prepare.py --count 40 --workers 2      # quick check
@@ -18,12 +21,15 @@ JSON (``--out``). Targets (issue 2): prepare >= 100 images/s on 2 cores and <= 1
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
+import struct
 import sys
 import tempfile
 import time
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -31,11 +37,10 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from vesselctl.data.images import decode_image_bytes, encode_png
+from vesselctl.data.images import decode_image_bytes, encode_png, plain_png
 from vesselctl.data.labelme import parse_labelme_data, resolve_image_source
-from vesselctl.data.masks import LabelRoles, rasterize_shapes
+from vesselctl.data.masks import LabelRoles, mask_to_coco_rle, rasterize_shapes
 from vesselctl.data.samples import (
-    _polygons,
     flush_to_disk,
     init_worker,
     sa2va_entry_text,
@@ -43,6 +48,7 @@ from vesselctl.data.samples import (
     write_file_unsynced,
 )
 from vesselctl.data.synthetic import write_labelme_dataset
+from vesselctl.files import sha256_bytes
 from vesselctl.settings.prepare import PrepareSettings
 from vesselctl.stages import prepare as prepare_stage
 
@@ -98,36 +104,72 @@ def timed(func, *args) -> float:
     return time.perf_counter() - started
 
 
-def cpu_per_image(labelme_dir: Path, images: list[Path], root: Path, count: int) -> dict:
+def cpu_per_image(
+    labelme_dir: Path, images: list[Path], root: Path, count: int, repeat: int
+) -> dict:
     """CPU milliseconds per image of the floor and of prepare, each in this one process.
 
     Reported beside the wall clock because other load on a shared machine slows both parallel
-    runs unequally; CPU time per image, measured without worker processes, does not depend on it.
+    runs unequally; CPU time per image, measured without worker processes, does not depend on
+    it as much. The three measurements run alternately ``repeat`` times, the lowest of each kept.
     """
     subset = images[:count]
-    floor_dir = root / "cpu-floor"
-    started = time.process_time()
-    for path in subset:
-        _floor_one((str(path), str(floor_dir / "images" / path.name)))
-    floor_cpu = time.process_time() - started
-    sub_dir = root / "cpu-labelme"
-    sub_dir.mkdir()
+    copied_dir, reencoded_dir = root / "cpu-labelme", root / "cpu-labelme-text"
+    copied_dir.mkdir()
+    reencoded_dir.mkdir()
     for path in subset:
         for suffix in (".json", ".png"):
-            shutil.copyfile(path.with_suffix(suffix), sub_dir / path.with_suffix(suffix).name)
-    started = time.process_time()
-    run_prepare(sub_dir, root / "cpu-prepared", 1)
-    prepare_cpu = time.process_time() - started
+            shutil.copyfile(path.with_suffix(suffix), copied_dir / path.with_suffix(suffix).name)
+            shutil.copyfile(path.with_suffix(suffix), reencoded_dir / path.with_suffix(suffix).name)
+        # With a text chunk in every PNG, prepare decodes and re-encodes each image with the
+        # floor's encoder settings instead of copying it (JPEGs, other sizes, 16-bit or
+        # metadata-carrying PNGs take this path).
+        png = reencoded_dir / path.with_suffix(".png").name
+        png.write_bytes(_with_text_chunk(png.read_bytes()))
+    floor_cpu = prepare_cpu = reencode_cpu = float("inf")
+    for _ in range(repeat):
+        floor_dir = root / "cpu-floor"
+        shutil.rmtree(floor_dir, ignore_errors=True)
+        flush_to_disk([])  # each run pays for writing back its own files only
+        started = time.process_time()
+        for path in subset:
+            _floor_one((str(path), str(floor_dir / "images" / path.name)))
+        floor_cpu = min(floor_cpu, time.process_time() - started)
+        for source, target in ((copied_dir, "cpu-prepared"), (reencoded_dir, "cpu-reencoded")):
+            shutil.rmtree(root / target, ignore_errors=True)
+            flush_to_disk([])
+            started = time.process_time()
+            run_prepare(source, root / target, 1)
+            spent = time.process_time() - started
+            if source == copied_dir:
+                prepare_cpu = min(prepare_cpu, spent)
+            else:
+                reencode_cpu = min(reencode_cpu, spent)
     return {
         "images": len(subset),
+        "repeats": repeat,
         "floor_cpu_ms_per_image": round(1000 * floor_cpu / len(subset), 2),
         "prepare_cpu_ms_per_image": round(1000 * prepare_cpu / len(subset), 2),
         "prepare_over_floor_cpu": round(prepare_cpu / floor_cpu, 3),
+        "prepare_reencoding_cpu_ms_per_image": round(1000 * reencode_cpu / len(subset), 2),
+        "prepare_reencoding_over_floor_cpu": round(reencode_cpu / floor_cpu, 3),
     }
 
 
+def _with_text_chunk(png: bytes) -> bytes:
+    """The PNG with a tEXt chunk after IHDR: same pixels, but no longer a plain PNG."""
+    body = b"tEXt" + b"Comment\x00benchmark"
+    chunk = struct.pack(">I", len(body) - 4) + body + struct.pack(">I", zlib.crc32(body))
+    return png[:33] + chunk + png[33:]  # signature (8) + IHDR (25)
+
+
 def breakdown(labelme_dir: Path, root: Path, count: int) -> dict[str, float]:
-    """CPU milliseconds per file of each part of prepare's per-file work, in this process."""
+    """CPU milliseconds per file of each part of prepare's per-file work, in this process.
+
+    The parts follow ``vesselctl.data.samples`` with the default settings (cyclic GC off
+    during a sample, plain PNGs at the output size copied, Sa2VA masks as RLE); the floor's
+    own decode and encode of the same image are timed too, for comparison.
+    """
     roles = LabelRoles(frozenset({"vessel"}), frozenset({"hole"}))
     out = root / "breakdown"
     out.mkdir()
@@ -139,29 +181,45 @@ def breakdown(labelme_dir: Path, root: Path, count: int) -> dict[str, float]:
         return now
 
     files = sorted(labelme_dir.glob("*.json"))[:count]
-    for path in files:
-        t = time.process_time()
-        data = orjson.loads(path.read_bytes())
-        t = tick("read + parse JSON (orjson)", t)
-        document, _ = parse_labelme_data(data, path)
-        t = tick("shapes to typed objects", t)
-        source, _ = resolve_image_source(document, [labelme_dir])
-        pixels = decode_image_bytes(source.read_bytes(), path.name)
-        t = tick("floor: read + decode image", t)
-        mask = rasterize_shapes(document.shapes, roles, 512, 512)
-        t = tick("rasterise shapes", t)
-        image_png = encode_png(pixels, "fast", "image")
-        t = tick("floor: encode image PNG", t)
-        write_file_unsynced(out / "image.png", image_png)
-        t = tick("floor: write image", t)
-        write_file_unsynced(
-            out / "mask.png", encode_png(mask.astype(np.uint8) * 255, "fast", "mask")
-        )
-        t = tick("encode + write mask", t)
-        polygons = _polygons(mask)
-        t = tick("Sa2VA polygons (contours)", t)
-        sa2va_entry_text("x.png", polygons, "blood vessels")
-        tick("Sa2VA entry text", t)
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        for index, path in enumerate(files):
+            t = time.process_time()
+            data = orjson.loads(path.read_bytes())
+            t = tick("read + parse JSON (orjson)", t)
+            document, _ = parse_labelme_data(data, path)
+            t = tick("shapes to typed objects", t)
+            source, _ = resolve_image_source(document, [labelme_dir])
+            t = tick("find the image (imagePath)", t)
+            image_bytes = source.read_bytes()
+            plain = plain_png(image_bytes)
+            t = tick("read image + plain-PNG check", t)
+            mask = rasterize_shapes(document.shapes, roles, 512, 512)
+            t = tick("rasterise shapes", t)
+            if plain is None:  # not the case for the synthetic files
+                image_bytes = encode_png(decode_image_bytes(image_bytes, path.name))
+            write_file_unsynced(out / f"image{index}.png", image_bytes)
+            t = tick("write image (copied bytes)", t)
+            mask_png = encode_png(mask.view(np.uint8) * np.uint8(255), "fast", "mask")
+            t = tick("encode mask PNG", t)
+            write_file_unsynced(out / f"mask{index}.png", mask_png)
+            t = tick("write mask", t)
+            sha256_bytes(image_bytes), sha256_bytes(mask_png), np.count_nonzero(mask)
+            t = tick("sha256 x2, vessel fraction", t)
+            rle = mask_to_coco_rle(mask)
+            t = tick("Sa2VA mask (COCO RLE)", t)
+            sa2va_entry_text("x.png", [rle], "blood vessels")
+            t = tick("Sa2VA entry text", t)
+            del data, document
+            t = tick("free the parsed JSON", t)
+            pixels = decode_image_bytes(image_bytes, path.name)
+            t = tick("(floor) decode image", t)
+            encode_png(pixels, "fast", "image")
+            tick("(floor) encode image PNG", t)
+    finally:
+        if collecting:
+            gc.enable()
     return {name: round(1000 * seconds / len(files), 2) for name, seconds in parts.items()}
 
 
@@ -179,6 +237,8 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None, help="folder for the temp data")
     args = parser.parse_args()
 
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="vesselctl-bench-", dir=args.workdir))
     try:
         labelme_dir = root / "labelme"
@@ -188,10 +248,17 @@ def main() -> None:
         for _ in range(args.repeat):
             floor_dir = root / "floor"
             shutil.rmtree(floor_dir, ignore_errors=True)
+            # Both start from an empty output folder with nothing left to write back: the
+            # clean-up of the previous run and its flush to disk are timed for neither.
+            flush_to_disk([])
             floor_runs.append(timed(io_floor, images, floor_dir, args.workers))
+            shutil.rmtree(root / "prepared", ignore_errors=True)
+            flush_to_disk([])
             prepare_runs.append(timed(run_prepare, labelme_dir, root / "prepared", args.workers))
         floor_s, prepare_s = min(floor_runs), min(prepare_runs)
-        cpu = cpu_per_image(labelme_dir, images, root, min(args.count, args.cpu_images))
+        cpu = cpu_per_image(
+            labelme_dir, images, root, min(args.count, args.cpu_images), args.repeat
+        )
         parts = (
             breakdown(labelme_dir, root, min(args.count, args.cpu_images))
             if args.size == 512
@@ -226,9 +293,12 @@ def main() -> None:
         ("vesselctl prepare", prepare_s, "prepare_cpu_ms_per_image"),
     ):
         print(f"{name:<42} {seconds:>8.2f} {args.count / seconds:>9.1f} {cpu[key]:>13.1f}")
+    reencoding = cpu["prepare_reencoding_cpu_ms_per_image"]
+    print(f"{'prepare, images re-encoded (not copied)':<42} {'':>8} {'':>9} {reencoding:>13.1f}")
     print(
         f"prepare / floor: {result['prepare_over_floor']:.2f}x wall, "
-        f"{cpu['prepare_over_floor_cpu']:.2f}x CPU (target <= 1.5x); "
+        f"{cpu['prepare_over_floor_cpu']:.2f}x CPU (target <= 1.5x; re-encoding every image: "
+        f"{cpu['prepare_reencoding_over_floor_cpu']:.2f}x CPU); "
         f"prepare {result['prepare_images_per_s']:.0f} images/s (target >= 100); "
         f"load average {load}"
     )
@@ -236,6 +306,8 @@ def main() -> None:
         print("CPU ms per file, part by part (one process):")
         for name, ms in parts.items():
             print(f"  {name:<34} {ms:>6.2f}")
+        own = sum(ms for name, ms in parts.items() if not name.startswith("(floor)"))
+        print(f"  {'sum of prepare parts':<34} {own:>6.2f}")
     if args.out:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
 

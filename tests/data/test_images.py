@@ -6,9 +6,16 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
-from vesselctl.data.images import decode_image_bytes, encode_png, resize_image, to_uint8
+from vesselctl.data.images import (
+    PlainPng,
+    decode_image_bytes,
+    encode_png,
+    plain_png,
+    resize_image,
+    to_uint8,
+)
 from vesselctl.errors import DatasetError
 
 
@@ -104,3 +111,52 @@ def test_pillow_fallback_without_opencv(monkeypatch) -> None:
             images.decode_image_bytes(images.encode_png(array), "y.png"), array
         )
     assert images.resize_image(rgb, 4, 3).shape == (4, 3, 3)
+
+
+def _pillow_png(array: np.ndarray, **kwargs) -> bytes:
+    return _save(Image.fromarray(array), "PNG", **kwargs)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_plain_png_reads_the_header_of_8_bit_gray_and_rgb(channels):
+    shape = (30, 50) if channels == 1 else (30, 50, 3)
+    pixels = np.random.default_rng(channels).integers(0, 256, shape, dtype=np.uint8)
+    for data in (encode_png(pixels), _pillow_png(pixels)):
+        assert plain_png(data) == PlainPng(30, 50, channels)
+        assert (decode_image_bytes(data, "x.png") == pixels).all()
+
+
+def test_plain_png_refuses_what_cannot_be_copied_as_is():
+    gray = np.random.default_rng(0).integers(0, 256, (20, 20), dtype=np.uint8)
+    rgba = np.dstack([gray, gray, gray, gray])
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Comment", "patient name")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for data in (
+        encode_png(gray.astype(np.uint16) * 257),  # 16-bit
+        _pillow_png(rgba),  # alpha
+        _save(Image.fromarray(gray).convert("P"), "PNG"),  # palette
+        _pillow_png(gray, pnginfo=text),  # text chunk (metadata we would copy)
+        _pillow_png(gray, exif=exif.tobytes()),  # eXIf: orientation may apply
+        _save(Image.fromarray(gray), "JPEG"),
+        b"",
+    ):
+        assert plain_png(data) is None
+
+
+def test_plain_png_refuses_damaged_files_which_decoding_then_reports():
+    data = _pillow_png(np.random.default_rng(1).integers(0, 256, (40, 40), dtype=np.uint8))
+    assert plain_png(data) is not None
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x01  # inside the IDAT: its CRC no longer matches
+    for damaged in (
+        bytes(flipped),
+        data[:-12],  # no IEND
+        data[: len(data) // 2],  # truncated
+        data + b"junk",  # bytes after IEND
+    ):
+        assert plain_png(damaged) is None
+    for damaged in (bytes(flipped), data[:-12], data[: len(data) // 2]):
+        with pytest.raises(DatasetError, match=r"cut.png: cannot decode"):
+            decode_image_bytes(damaged, "cut.png")

@@ -16,8 +16,11 @@ from vesselctl.data.labelme import LabelmeShape
 from vesselctl.data.masks import (
     LabelRoles,
     RasterOptions,
+    double_mask,
     fill_rings,
     keyhole_polygon,
+    mask_to_coco_rle,
+    mask_to_keyhole_polygons,
     mask_to_regions,
     rasterize_shape,
     rasterize_shapes,
@@ -224,3 +227,54 @@ def test_outer_outlines_only_lose_the_loops():
     for region in mask_to_regions(mask):
         outer_only |= fill_rings([region.outer], *mask.shape)
     assert outer_only.sum() > mask.sum()  # loops filled in: why a hole convention is needed
+
+
+def _decode_coco_rle(rle: dict) -> np.ndarray:
+    height, width = rle["size"]
+    counts = np.asarray(rle["counts"])
+    values = np.arange(len(counts)) % 2 == 1  # runs alternate, background first
+    return np.repeat(values, counts).reshape(width, height).T  # column-major
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_coco_rle_round_trips_exactly(seed):
+    rng = np.random.default_rng(seed)
+    masks = [
+        _random_vessel_mask(seed),
+        rng.random((7, 5)) < 0.5,
+        np.ones((3, 4), bool),  # starts with foreground: a leading 0 count
+        np.zeros((3, 4), bool),
+        np.eye(6, dtype=bool)[:, :4],
+    ]
+    for mask in masks:
+        rle = mask_to_coco_rle(mask)
+        counts = np.asarray(rle["counts"])
+        assert rle["size"] == list(mask.shape) and counts.sum() == mask.size
+        assert (counts[1:] > 0).all() and (counts[0] > 0) == (not mask.T.flat[0])
+        assert (_decode_coco_rle(rle) == mask).all()
+
+
+def test_coco_rle_decodes_with_pycocotools_as_sa2va_reads_it():
+    """Sa2VA's loader calls ``frPyObjects([segment], h, w)``: an uncompressed RLE dict works."""
+    mask_utils = pytest.importorskip("pycocotools.mask")
+    mask = _random_vessel_mask(5)
+    rle = mask_to_coco_rle(mask)
+    segment = {"size": rle["size"], "counts": rle["counts"].tolist()}  # as read from JSON
+    decoded = mask_utils.decode(mask_utils.frPyObjects([segment], *mask.shape))
+    assert (decoded[..., 0].astype(bool) == mask).all()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_keyhole_polygons_match_the_regions_one_by_one(seed):
+    mask = _random_vessel_mask(seed)
+    expected = [keyhole_polygon(r).ravel() for r in mask_to_regions(mask, nesting=False)]
+    got = mask_to_keyhole_polygons(mask)
+    assert len(got) == len(expected)
+    assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
+    assert mask_to_keyhole_polygons(np.zeros((4, 4), bool)) == []
+
+
+def test_double_mask_turns_each_pixel_into_a_2x2_block():
+    values = np.random.default_rng(0).integers(0, 256, (5, 7), dtype=np.uint8)
+    expected = np.repeat(np.repeat(values, 2, axis=0), 2, axis=1)
+    assert (double_mask(values) == expected).all()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image, PngImagePlugin
 
 from vesselctl.data.images import read_image
 from vesselctl.data.manifest import read_manifest
@@ -58,6 +60,25 @@ def prepared(labelme_dir, tmp_path_factory) -> tuple[Path, prepare.PrepareResult
     return out, prepare.run(
         settings(labelme_dir, out, overwrite=True, split={"group_pattern": GROUPS})
     )
+
+
+@pytest.fixture(scope="module")
+def prepared_polygons(labelme_dir, tmp_path_factory) -> Path:
+    """The same data with annotations.json holding polygons instead of RLE."""
+    out = tmp_path_factory.mktemp("run-polygons") / "out"
+    prepare.run(settings(labelme_dir, out, sa2va={"masks": "polygons"}))
+    return out
+
+
+def decode_segment(segment, height: int, width: int) -> np.ndarray:
+    """One segment of an annotations.json mask: COCO uncompressed RLE or a flat polygon."""
+    if isinstance(segment, dict):
+        assert segment["size"] == [height, width]
+        counts = np.asarray(segment["counts"])
+        assert counts.sum() == height * width and (counts[1:] > 0).all()
+        values = np.arange(len(counts)) % 2 == 1  # runs alternate, background first
+        return np.repeat(values, counts).reshape(width, height).T
+    return fill_rings([np.asarray(segment).reshape(-1, 2)], height, width)
 
 
 def test_layout_manifest_and_masks(labelme_dir, prepared):
@@ -121,8 +142,11 @@ def test_splits_keep_patients_together(prepared):
     assert stored["settings"]["group_pattern"] == GROUPS
 
 
-def test_sa2va_annotations_decode_back_to_the_masks(prepared):
-    out, _ = prepared
+@pytest.mark.parametrize("masks", ["rle", "polygons"])
+def test_sa2va_annotations_decode_back_to_the_masks(prepared, prepared_polygons, masks):
+    out = prepared[0] if masks == "rle" else prepared_polygons
+    report = json.loads((out / "prepare_report.json").read_text())
+    assert report["sa2va"]["masks"] == masks
     records = {r.id: r for r in read_manifest(out)}
     seen = 0
     for split in ("train", "val", "test"):
@@ -132,11 +156,13 @@ def test_sa2va_annotations_decode_back_to_the_masks(prepared):
             assert records[item_id].split == split
             assert (out / "images" / entry["image"]).is_file()
             assert entry["text"] == ["blood vessels"] and len(entry["mask"]) == 1
+            segments = entry["mask"][0]
+            assert all(isinstance(s, dict) == (masks == "rle") for s in segments)
             back = np.zeros((512, 512), bool)
-            for flat in entry["mask"][0]:
-                back |= fill_rings([np.asarray(flat).reshape(-1, 2)], 512, 512)
+            for segment in segments:
+                back |= decode_segment(segment, 512, 512)
             truth = read_image(out / records[item_id].mask) > 0
-            assert dice(back, truth) > 0.999
+            assert (back == truth).all()
             seen += 1
     assert seen == 12
 
@@ -363,20 +389,87 @@ def test_exif_rotated_jpeg_lines_up_with_its_annotation(tmp_path):
     assert image[:10].mean() < 60 and image[12:].mean() > 180
 
 
-def test_sa2va_polygons_decode_exactly_with_pycocotools(prepared, tmp_path):
-    """The official Sa2VA code decodes annotations.json with pycocotools: check it where present.
+@pytest.mark.parametrize("masks", ["rle", "polygons"])
+def test_sa2va_masks_decode_exactly_with_pycocotools(prepared, prepared_polygons, masks):
+    """The official Sa2VA loader decodes each segment with pycocotools: check it where present.
 
-    pycocotools is not a vesselctl dependency, so this runs only where it is installed (the
-    training machine); verified with pycocotools 2.0.11.
+    As the official ``Sa2VAFinetuneDataset`` does: ``frPyObjects([segment], h, w)`` per
+    segment, decoded and added up. pycocotools is not a vesselctl dependency, so this runs only
+    where it is installed (the training machine); verified with pycocotools 2.0.11.
     """
     mask_utils = pytest.importorskip("pycocotools.mask")
-    out, _ = prepared
+    out = prepared[0] if masks == "rle" else prepared_polygons
     records = {r.id: r for r in read_manifest(out)}
     checked = 0
     for split in ("train", "val", "test"):
         for entry in json.loads((out / "sa2va" / split / "annotations.json").read_text()):
             truth = read_image(out / records[entry["image"].removesuffix(".png")].mask) > 0
-            decoded = mask_utils.decode(mask_utils.frPyObjects(entry["mask"][0], *truth.shape))
-            assert (decoded.max(axis=2).astype(bool) == truth).all()
+            height, width = truth.shape
+            decoded = np.zeros((height, width), np.uint8)
+            for segment in entry["mask"][0]:
+                rles = mask_utils.frPyObjects([segment], height, width)
+                decoded += mask_utils.decode(rles).astype(np.uint8).squeeze()
+            assert (decoded == truth).all()  # 0/1 only: segments never overlap
             checked += 1
     assert checked == 12
+
+
+def _rewrite_images_with_pillow(src: Path, **save_kwargs) -> dict[str, bytes]:
+    """Re-save every PNG next to the JSON files with Pillow: same pixels, other bytes."""
+    written = {}
+    for path in sorted(src.glob("*.png")):
+        buffer = io.BytesIO()
+        Image.fromarray(read_image(path)).save(buffer, "PNG", **save_kwargs)
+        path.write_bytes(buffer.getvalue())
+        written[path.stem] = buffer.getvalue()
+    return written
+
+
+def test_plain_png_at_the_output_size_is_copied_with_the_decode_paths_pixels(tmp_path):
+    src = tmp_path / "src"
+    write_labelme_dataset(src, 3, seed=6, sizes=(64,), embed_every=0)
+    sources = _rewrite_images_with_pillow(src)
+    size = {"height": 64, "width": 64}
+    copied, encoded = tmp_path / "copied", tmp_path / "encoded"
+    prepare.run(settings(src, copied, resize=size))
+    prepare.run(settings(src, encoded, resize={**size, "png": "small"}))  # always re-encodes
+    for record in read_manifest(copied):
+        data = (copied / record.image).read_bytes()
+        assert data == sources[record.id]  # the source file's own bytes
+        assert record.extra["sha256_image"] == hashlib.sha256(data).hexdigest()
+        assert record.extra["channels"] == 1 and record.extra["orig_dtype"] == "uint8"
+        other = (encoded / record.image).read_bytes()
+        assert other != data
+        assert (read_image(copied / record.image) == read_image(encoded / record.image)).all()
+        assert (read_image(copied / record.mask) == read_image(encoded / record.mask)).all()
+
+
+def test_png_with_metadata_or_another_size_is_re_encoded(tmp_path):
+    src = tmp_path / "src"
+    write_labelme_dataset(src, 2, seed=6, sizes=(64,), embed_every=0)
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Comment", "patient name")
+    sources = _rewrite_images_with_pillow(src, pnginfo=text)
+    for out, size in ((tmp_path / "same", 64), (tmp_path / "smaller", 32)):
+        prepare.run(settings(src, out, resize={"height": size, "width": size}))
+        for record in read_manifest(out):
+            data = (out / record.image).read_bytes()
+            assert data != sources[record.id] and b"patient name" not in data
+            assert read_image(out / record.image).shape == (size, size)
+
+
+@pytest.mark.parametrize("damage", ["flipped byte", "truncated", "no IEND"])
+def test_damaged_png_is_still_reported(tmp_path, damage):
+    src = tmp_path / "src"
+    write_labelme_dataset(src, 2, seed=6, sizes=(64,), embed_every=0)
+    path = src / "P001_img0001.png"
+    data = bytearray(path.read_bytes())
+    if damage == "flipped byte":
+        data[len(data) // 2] ^= 0x01
+    damaged = {"flipped byte": bytes(data), "truncated": data[: len(data) // 2]}.get(
+        damage, bytes(data[:-12])
+    )
+    path.write_bytes(damaged)
+    with pytest.raises(DatasetError, match=r"(?s)1 of 2 file.*P001_img0001.json: cannot decode"):
+        prepare.run(settings(src, tmp_path / "out", resize={"height": 64, "width": 64}))
+    assert path.read_bytes() == damaged  # inputs never modified

@@ -14,6 +14,8 @@ import functools
 import io
 import struct
 import threading
+import zlib
+from dataclasses import dataclass
 from types import ModuleType
 
 import numpy as np
@@ -63,6 +65,72 @@ def _png_has_exif(data: bytes) -> bool:
             return False
         offset += 12 + length
     return False
+
+
+@dataclass(frozen=True)
+class PlainPng:
+    """Size and channels of a PNG whose bytes can stand for its pixels as they are."""
+
+    height: int
+    width: int
+    channels: int  # 1 (8-bit gray) or 3 (8-bit RGB)
+
+
+# Only the critical chunks: a PNG with anything else (EXIF orientation, transparency, colour
+# profiles, gamma, text that may name a patient) goes through decode + re-encode, which drops it.
+_PLAIN_CHUNKS = frozenset({b"IHDR", b"IDAT", b"IEND"})
+_PLAIN_COLOUR_TYPES = {0: 1, 2: 3}  # PNG colour type -> channels: 8-bit gray, 8-bit RGB
+
+
+def plain_png(data: bytes) -> PlainPng | None:
+    """The header of a PNG that prepare may copy byte for byte instead of re-encoding, else None.
+
+    Plain means: 8-bit gray or RGB, not interlaced, only IHDR, IDAT... and IEND chunks in that
+    order with nothing after IEND, and every chunk's CRC-32 correct, so a truncated or damaged
+    file is caught as the decoder would catch it (None: the caller decodes it and reports the
+    error). Copying such a file is lossless: it decodes to exactly the pixels a decode +
+    re-encode would write, with no metadata to drop. What the CRCs cannot show is a deflate
+    stream that an encoder got wrong before computing them; checking that means inflating every
+    IDAT (about 70 % of a full decode), which is what this shortcut saves.
+    """
+    size = len(data)
+    if size < 57 or not data.startswith(_PNG_SIGNATURE):  # signature + IHDR + IDAT + IEND
+        return None
+    length, kind = struct.unpack_from(">I4s", data, 8)
+    if kind != b"IHDR" or length != 13:
+        return None
+    width, height, depth, colour, compression, filtering, interlace = struct.unpack_from(
+        ">IIBBBBB", data, 16
+    )
+    if (
+        depth != 8
+        or colour not in _PLAIN_COLOUR_TYPES
+        or (compression, filtering, interlace) != (0, 0, 0)
+        or not (width > 0 and height > 0)
+        or width * height > MAX_IMAGE_PIXELS
+    ):
+        return None
+    offset, previous, seen_idat = 8, b"", False
+    while offset + 12 <= size:
+        length, kind = struct.unpack_from(">I4s", data, offset)
+        end = offset + 12 + length
+        if kind not in _PLAIN_CHUNKS or end > size:
+            return None
+        if kind == b"IDAT":
+            if seen_idat and previous != b"IDAT":
+                return None  # IDAT chunks must be consecutive
+            seen_idat = True
+        elif kind == b"IHDR" and offset != 8:
+            return None
+        (stored_crc,) = struct.unpack_from(">I", data, end - 4)
+        if zlib.crc32(memoryview(data)[offset + 4 : end - 4]) != stored_crc:
+            return None
+        if kind == b"IEND":
+            if length != 0 or end != size or not seen_idat:
+                return None
+            return PlainPng(height, width, _PLAIN_COLOUR_TYPES[colour])
+        previous, offset = kind, end
+    return None  # no IEND: truncated
 
 
 def _normalise_channels(array: np.ndarray, name: str) -> np.ndarray:

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from vesselctl.data.labelme import find_labelme_files
+from vesselctl.data.labelme import find_labelme_files, labelme_files_with_relatives
 from vesselctl.errors import DatasetError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
@@ -69,8 +69,9 @@ def _relative(path: Path, root: Path) -> str:
 def find_labelme_sources(root: Path) -> list[SourceItem]:
     """Every LabelMe JSON under ``root`` as a SourceItem (sorted by relative path)."""
     root = Path(root)
-    files = find_labelme_files(root)
-    relatives = [_relative(p, root) for p in files]
+    found = labelme_files_with_relatives(root)
+    relatives = [relative for relative, _ in found]
+    files = [path for _, path in found]
     return [
         SourceItem(item_id, "labelme", rel, path)
         for item_id, rel, path in zip(make_ids(relatives), relatives, files, strict=True)

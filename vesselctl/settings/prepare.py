@@ -69,7 +69,9 @@ class ResizeSettings(Section):
         512, ge=8, le=8192, description="Output width in pixels; null keeps each image's own."
     )
     png: Literal["fast", "small"] = Field(
-        "fast", description="PNG writing: fast (default) or small (zlib 9); both lossless."
+        "fast",
+        description="PNG writing: fast (default; an 8-bit PNG already at the output size is "
+        "copied as is) or small (zlib 9); both lossless.",
     )
 
     @model_validator(mode="after")
@@ -171,6 +173,16 @@ class MaskFolderSettings(Section):
     )
 
 
+class Sa2vaSettings(Section):
+    """How Sa2VA's annotations.json stores each image's vessel mask."""
+
+    masks: Literal["rle", "polygons"] = Field(
+        "rle",
+        description="rle: COCO uncompressed RLE (exact; ~10x smaller and faster to write); "
+        "polygons: flat COCO polygons with holes bridged; the official loader reads both.",
+    )
+
+
 class PrepareSettings(Section):
     """Everything `vesselctl prepare` needs."""
 
@@ -198,4 +210,7 @@ class PrepareSettings(Section):
     prompt: PromptSettings = Field(default_factory=PromptSettings, description="Prompt text.")
     mask_folder: MaskFolderSettings = Field(
         default_factory=MaskFolderSettings, description="Image + mask folder pairing."
+    )
+    sa2va: Sa2vaSettings = Field(
+        default_factory=Sa2vaSettings, description="Sa2VA annotations.json."
     )

@@ -83,11 +83,19 @@ PIXEL_CONVENTION = (
     "pixel (row, col) covers [col, col+1) x [row, row+1); a pixel is inside a shape when its "
     "centre is; geometry is scaled to the output size before rasterising"
 )
-POLYGON_NOTE = (
-    "mask[0] lists one flat polygon per connected vessel region in output pixel coordinates; "
-    "holes are joined to their outline by zero-width bridges; pycocotools decodes them to the "
-    "exact mask; images with an empty mask are left out"
-)
+SA2VA_MASK_NOTES = {
+    "rle": (
+        "mask[0] holds one COCO uncompressed RLE ({size: [height, width], counts}: run lengths "
+        "in column-major order, background first) of the whole vessel mask; pycocotools' "
+        "frPyObjects([segment], height, width), as the official loader calls it, decodes it to "
+        "the exact mask; images with an empty mask are left out"
+    ),
+    "polygons": (
+        "mask[0] lists one flat polygon per connected vessel region in output pixel "
+        "coordinates; holes are joined to their outline by zero-width bridges; pycocotools "
+        "decodes them to the exact mask; images with an empty mask are left out"
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -179,17 +187,18 @@ def _clear_output(out_dir: Path, overwrite: bool) -> None:
 def _find_sources(settings: PrepareSettings, input_dir: Path) -> tuple[str, list[SourceItem]]:
     folders = settings.mask_folder
     input_format = settings.input_format
-    if input_format == "auto":
-        input_format = detect_input_format(input_dir, folders.images_dir, folders.masks_dir)
-    if input_format == "labelme":
-        items = find_labelme_sources(input_dir)
-        if not items:
+    if input_format in ("auto", "labelme"):
+        items = find_labelme_sources(input_dir)  # auto: any JSON makes it a LabelMe folder
+        if items:
+            return "labelme", items
+        if input_format == "labelme":
             raise DatasetError(f"{input_dir}: no LabelMe .json files found (searched recursively)")
-    else:
-        items = find_mask_folder_sources(
-            input_dir, folders.images_dir, folders.masks_dir, folders.mask_suffix
-        )
-    return input_format, items
+        # auto without any JSON: an image + mask folder, or an error saying what is missing.
+        detect_input_format(input_dir, folders.images_dir, folders.masks_dir)
+    items = find_mask_folder_sources(
+        input_dir, folders.images_dir, folders.masks_dir, folders.mask_suffix
+    )
+    return "mask_folder", items
 
 
 def _previous_split(settings: PrepareSettings, out_dir: Path) -> tuple[StoredSplit | None, str]:
@@ -342,6 +351,7 @@ def run(settings: PrepareSettings) -> PrepareResult:
         png_mode=settings.resize.png,
         phrase=settings.prompt.phrase,
         allowed_roots=(input_dir.resolve(),),
+        sa2va_masks=settings.sa2va.masks,
     )
     workers = settings.workers or os.cpu_count() or 1
     workers = max(1, min(workers, len(items)))
@@ -450,7 +460,8 @@ def run(settings: PrepareSettings) -> PrepareResult:
             "data_root": ".",
             "ann_files": {s: f"{SA2VA_DIR}/{s}/annotations.json" for s in SPLITS},
             "img_prefix": "images/",
-            "polygons": POLYGON_NOTE,
+            "masks": settings.sa2va.masks,
+            "mask_note": SA2VA_MASK_NOTES[settings.sa2va.masks],
         },
     }
 
@@ -464,7 +475,7 @@ def run(settings: PrepareSettings) -> PrepareResult:
     write_resolved_settings(settings, out_dir)
     timings["describe_s"] = time.perf_counter() - started - sum(timings.values())
     # Completion markers last, after every image and mask is on disk.
-    flush_to_disk([out_dir / p for r in good for p in (image_relpath(r.id), mask_relpath(r.id))])
+    flush_to_disk(out_dir / p for r in good for p in (image_relpath(r.id), mask_relpath(r.id)))
     timings["sync_s"] = time.perf_counter() - started - sum(timings.values())
     elapsed = time.perf_counter() - started
     atomic_write_json(
