@@ -389,3 +389,39 @@ def test_checkpointing_with_lora_keeps_frozen_encoders_out_of_autograd(tokenizer
     assert seen == {"sam2": False, "vision": False, "llm": True}
     lora_grads = [p.grad for n, p in trained.named_parameters() if "lora_" in n]
     assert lora_grads and all(g is not None for g in lora_grads)
+
+
+def test_positions_found_by_the_processor_give_the_same_forward(tokenizer):
+    """The processor's CPU-side [SEG] and supervised positions (no GPU sync in the forward)
+    give exactly the losses and logits the model gets by finding them itself."""
+    import dataclasses
+    import random
+
+    from vesselctl.model.processor import Sa2VAProcessor
+
+    torch.manual_seed(0)
+    model = Sa2VAModel(preset_config("tiny", tokenizer)).train()
+    processor = Sa2VAProcessor.from_config(model.config, tokenizer, max_tiles=1)
+    rng = np.random.default_rng(0)
+    samples = [
+        SegSample(
+            f"s{i}",
+            rng.integers(0, 256, (40 + 8 * i, 48, 3), dtype=np.uint8),
+            ["vessels", "arteries"][: 1 + i % 2],
+            [rng.random((40 + 8 * i, 48)) > 0.5 for _ in range(1 + i % 2)],
+        )
+        for i in range(3)
+    ]
+    batch = processor(samples, train=True, rng=random.Random(0))
+    assert batch.seg_counts == [1, 2, 1] and batch.seg_positions.shape == (4, 2)
+    plain = dataclasses.replace(
+        batch, seg_positions=None, seg_counts=None, supervised_positions=None
+    )
+    torch.manual_seed(3)
+    with_positions = model(batch)
+    torch.manual_seed(3)
+    without = model(plain)
+    for name in ("loss", "loss_mask", "loss_dice", "llm_loss"):
+        assert torch.equal(getattr(with_positions, name), getattr(without, name)), name
+    for a, b in zip(with_positions.mask_logits, without.mask_logits, strict=True):
+        assert torch.equal(a, b)

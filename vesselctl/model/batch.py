@@ -58,6 +58,15 @@ class Sa2VABatch:
     # per InternVL tile and one per SAM2 image; only read when an encoder cache is enabled.
     vision_keys: list[str] | None = None
     sam2_keys: list[str] | None = None
+    # Where the model gathers, found by the processor on the CPU so that the forward needs no
+    # GPU -> CPU synchronisation (boolean indexing and .tolist() on GPU tensors stop the CPU
+    # until the GPU catches up, leaving the GPU idle while the next kernels are launched):
+    # [N, 2] (row, position) of every real [SEG] in sample then position order, the [SEG]
+    # count per sample, and [M, 2] (row, t) of every position whose next label is supervised.
+    # None: the model finds them itself (batches built by hand).
+    seg_positions: torch.Tensor | None = None
+    seg_counts: list[int] | None = None
+    supervised_positions: torch.Tensor | None = None
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Sa2VABatch:
         """Move tensors to ``device``; floating pixel tensors are also cast to ``dtype``.

@@ -112,7 +112,10 @@ def mask_losses(
 
 
 def llm_cross_entropy(
-    hidden_states: torch.Tensor, labels: torch.Tensor, lm_head: torch.nn.Module
+    hidden_states: torch.Tensor,
+    labels: torch.Tensor,
+    lm_head: torch.nn.Module,
+    positions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Next-token cross-entropy: the hidden state at t predicts the label at t+1; -100 is ignored.
 
@@ -122,9 +125,15 @@ def llm_cross_entropy(
     token returns 0 connected to the graph instead of NaN.
     """
     shift_labels = labels[:, 1:].to(hidden_states.device)
-    supervised = shift_labels != -100
-    selected = hidden_states[:, :-1][supervised]  # [n_supervised, H]
-    logits = lm_head(selected).float()
+    if positions is not None:
+        # Found on the CPU (Sa2VABatch.supervised_positions): no boolean indexing, no sync.
+        positions = positions.to(hidden_states.device)
+        rows, cols = positions[:, 0], positions[:, 1]
+        selected, targets = hidden_states[rows, cols], shift_labels[rows, cols]
+    else:
+        supervised = shift_labels != -100
+        selected, targets = hidden_states[:, :-1][supervised], shift_labels[supervised]
+    logits = lm_head(selected).float()  # [n_supervised, vocab]
     if selected.shape[0] == 0:
         return logits.sum() * 0.0
-    return F.cross_entropy(logits, shift_labels[supervised])
+    return F.cross_entropy(logits, targets)

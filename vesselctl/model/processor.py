@@ -535,6 +535,8 @@ class Sa2VAProcessor:
             if mm_types is not None:
                 mm_types[row, :n] = torch.tensor(e.mm_token_type_ids, dtype=torch.long)
         grids = [e.image_grid_thw for e in encoded]
+        seg = (input_ids == self.seg_token_id) & attention_mask.bool()
+        supervised = (labels[:, 1:] != IGNORE_INDEX).nonzero() if train else None
         return Sa2VABatch(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -548,6 +550,9 @@ class Sa2VAProcessor:
             mm_token_type_ids=mm_types,
             sam2_frames=[e.sam2_frame for e in encoded],
             deferred_normalisation=self._deferred_normalisation(),
+            seg_positions=seg.nonzero(),
+            seg_counts=seg.sum(dim=1).tolist(),
+            supervised_positions=supervised,
         )
 
     def _deferred_normalisation(self) -> dict[str, tuple] | None:

@@ -48,11 +48,19 @@ def gather_seg_hidden_states(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     seg_token_id: int,
+    positions: torch.Tensor | None = None,
+    counts: list[int] | None = None,
 ) -> SegGather:
     """Pick the hidden state at every [SEG] token of real (non-padding) positions.
 
     Rows follow sample order, then position order, so ``counts`` splits them per sample.
+    ``positions`` ([N, 2] row, position) and ``counts`` found beforehand on the CPU
+    (``Sa2VABatch.seg_positions``) avoid the GPU synchronisation of finding them here.
     """
+    if positions is not None and counts is not None:
+        positions = positions.to(hidden_states.device)
+        rows, cols = positions[:, 0], positions[:, 1]
+        return SegGather(hidden=hidden_states[rows, cols], counts=list(counts), image_index=rows)
     seg_mask = input_ids == seg_token_id
     if attention_mask is not None:
         seg_mask = seg_mask & attention_mask.bool()
@@ -329,7 +337,12 @@ class Sa2VAModel(PreTrainedModel):
     ) -> tuple[SegGather, torch.Tensor, torch.Tensor]:
         """[SEG] hidden states -> SAM2 logits [N, h, w] and IoU [N] for the whole batch."""
         gathered = gather_seg_hidden_states(
-            hidden_states, batch.input_ids, batch.attention_mask, self.seg_token_id
+            hidden_states,
+            batch.input_ids,
+            batch.attention_mask,
+            self.seg_token_id,
+            batch.seg_positions,
+            batch.seg_counts,
         )
         image_embeddings = self.sam2_image_embeddings(batch.sam2_pixel_values, batch.sam2_keys)
         prompts = self.text_hidden_fcs(gathered.hidden)
@@ -363,7 +376,12 @@ class Sa2VAModel(PreTrainedModel):
         self.check_targets(batch)
         hidden_states = self.mllm_hidden_states(batch)
         gathered = gather_seg_hidden_states(
-            hidden_states, batch.input_ids, batch.attention_mask, self.seg_token_id
+            hidden_states,
+            batch.input_ids,
+            batch.attention_mask,
+            self.seg_token_id,
+            batch.seg_positions,
+            batch.seg_counts,
         )
         image_embeddings = self.sam2_image_embeddings(batch.sam2_pixel_values, batch.sam2_keys)
         n_seg = int(gathered.hidden.shape[0])
@@ -402,7 +420,9 @@ class Sa2VAModel(PreTrainedModel):
             loss_mask = graph_anchor
             loss_dice = graph_anchor * 0.0
         if batch.labels is not None:
-            llm_loss = llm_cross_entropy(hidden_states, batch.labels, self.mllm.lm_head)
+            llm_loss = llm_cross_entropy(
+                hidden_states, batch.labels, self.mllm.lm_head, batch.supervised_positions
+            )
             llm_loss = llm_loss * cfg.loss_llm_weight
         present = [p for p in (loss_mask, loss_dice, llm_loss) if p is not None]
         loss = torch.stack([p.float() for p in present]).sum() if present else None
@@ -419,8 +439,10 @@ class Sa2VAModel(PreTrainedModel):
         """One ground-truth mask per [SEG] of each sample; checked before any compute."""
         if batch.gt_masks is None:
             return
-        seg = (batch.input_ids == self.seg_token_id) & batch.attention_mask.bool()
-        counts = seg.sum(dim=1).tolist()
+        counts = batch.seg_counts
+        if counts is None:
+            seg = (batch.input_ids == self.seg_token_id) & batch.attention_mask.bool()
+            counts = seg.sum(dim=1).tolist()
         if len(batch.gt_masks) != len(counts):
             raise ModelError(
                 f"batch has {len(counts)} samples but gt_masks holds {len(batch.gt_masks)} "
