@@ -64,7 +64,7 @@ def _synthetic_images(count: int, size: int, seed: int = 0) -> list[np.ndarray]:
     return images
 
 
-class _ForceTokens:
+class ForceTokens:
     """A transformers LogitsProcessor that makes greedy decoding emit ``tokens`` in order."""
 
     def __init__(self, tokens: list[int], prompt_length: int) -> None:
@@ -79,10 +79,16 @@ class _ForceTokens:
         return forced
 
 
-def _remap(batch: Any, id_map: dict[int, int]) -> Any:
+def remap_token_ids(batch: Any, id_map: dict[int, int]) -> Any:
+    """Swap the tiny tokenizer's special ids for the real model's in input_ids and labels (see
+    the module docstring); every benchmark with real-size random weights uses it."""
+    ids = batch.input_ids.clone()
+    labels = batch.labels.clone() if batch.labels is not None else None
     for old, new in id_map.items():
-        if old != new:
-            batch.input_ids[batch.input_ids == old] = new
+        ids[batch.input_ids == old] = new
+        if labels is not None:
+            labels[batch.labels == old] = new
+    batch.input_ids, batch.labels = ids, labels
     return batch
 
 
@@ -163,7 +169,7 @@ def bench_preset(args: argparse.Namespace, preset: str) -> list[dict[str, Any]]:
 
     # --- single pass: one teacher-forced forward per batch ------------------------------------
     for batch_size in args.batch_sizes:
-        batch = _remap(processor(samples[:batch_size], train=False), id_map)
+        batch = remap_token_ids(processor(samples[:batch_size], train=False), id_map)
         batch = batch.to(device, dtype)
         _reset_peak(device)
         with torch.inference_mode():
@@ -187,10 +193,10 @@ def bench_preset(args: argparse.Namespace, preset: str) -> list[dict[str, Any]]:
     # --- generate: the official way, one image at a time ---------------------------------------
     n_gen = args.generate_images
     prompts = [
-        _remap(processor([s], train=False, prompt_only=True), id_map).to(device, dtype)
+        remap_token_ids(processor([s], train=False, prompt_only=True), id_map).to(device, dtype)
         for s in samples[:n_gen]
     ]
-    full = _remap(processor(samples[:1], train=False), id_map)
+    full = remap_token_ids(processor(samples[:1], train=False), id_map)
     prompt_length = int(prompts[0].attention_mask[0].sum())
     answer = full.input_ids[0, prompt_length : int(full.attention_mask[0].sum())].tolist()
     if config.seg_token_id not in answer:
@@ -198,7 +204,7 @@ def bench_preset(args: argparse.Namespace, preset: str) -> list[dict[str, Any]]:
 
     def generate_all() -> None:
         for prompt in prompts:
-            forced = LogitsProcessorList([_ForceTokens(answer, prompt_length)])
+            forced = LogitsProcessorList([ForceTokens(answer, prompt_length)])
             out = model.generate_masks(prompt, max_new_tokens=len(answer), logits_processor=forced)
             if out[0].probabilities.shape[0] != 1:
                 raise RuntimeError("generation did not yield exactly one [SEG] mask")

@@ -98,18 +98,6 @@ def _samples(count: int, size: int, train: bool) -> list[Any]:
     return out
 
 
-def _remap(batch: Any, id_map: dict[int, int]) -> Any:
-    """Swap the tiny tokenizer's special ids for the real model's, in input_ids and labels."""
-    ids = batch.input_ids.clone()
-    labels = batch.labels.clone() if batch.labels is not None else None
-    for old, new in id_map.items():
-        ids[batch.input_ids == old] = new
-        if labels is not None:
-            labels[batch.labels == old] = new
-    batch.input_ids, batch.labels = ids, labels
-    return batch
-
-
 class Shape:
     """One preset's config, processor, id map and new-token ids."""
 
@@ -145,9 +133,11 @@ class Shape:
         """``count`` batches, right-padded to one common length: random question templates give
         a few tokens' difference between batches, and one static shape means torch.compile
         compiles once per configuration instead of once more for dynamic shapes."""
+        from model import remap_token_ids  # benchmarks/model.py
+
         samples = _samples(count * micro_batch, self.image_size, train)
         batches = [
-            _remap(self.processor(samples[i : i + micro_batch], train=train), self.id_map)
+            remap_token_ids(self.processor(samples[i : i + micro_batch], train=train), self.id_map)
             for i in range(0, len(samples), micro_batch)
         ]
         length = max(b.input_ids.shape[1] for b in batches)

@@ -58,11 +58,9 @@ class RemappedProcessor:
         return self._remap(self.processor(samples, train=train, **kwargs))
 
     def _remap(self, batch: Any) -> Any:
-        ids = batch.input_ids.clone()
-        for old, new in self.id_map.items():
-            ids[batch.input_ids == old] = new
-        batch.input_ids = ids
-        return batch
+        from model import remap_token_ids  # benchmarks/model.py
+
+        return remap_token_ids(batch, self.id_map)
 
 
 def build(preset: str, device: str, dtype_name: str) -> tuple[Any, Any, Any]:
@@ -247,19 +245,10 @@ def profile_loop(
 def generate_rate(model: Any, processor: Any, images: list, device: Any, dtype: Any) -> float:
     """Images/s of the official-style path: one image at a time, greedy generation, then SAM2."""
     import torch
+    from model import ForceTokens  # benchmarks/model.py
     from transformers import LogitsProcessorList
 
     from vesselctl.model.batch import SegSample
-
-    class ForceAnswer:
-        def __init__(self, tokens: list[int], prompt_length: int) -> None:
-            self.tokens, self.prompt_length = tokens, prompt_length
-
-        def __call__(self, input_ids: Any, scores: Any) -> Any:
-            step = min(input_ids.shape[1] - self.prompt_length, len(self.tokens) - 1)
-            forced = torch.full_like(scores, torch.finfo(scores.dtype).min)
-            forced[:, self.tokens[step]] = 0.0
-            return forced
 
     samples = [SegSample(f"g{i}", im, ["blood vessels"]) for i, im in enumerate(images)]
     full = processor(samples[:1], train=False)
@@ -269,7 +258,7 @@ def generate_rate(model: Any, processor: Any, images: list, device: Any, dtype: 
 
     def run_all(batches: list) -> None:
         for prompt in batches:
-            forced = LogitsProcessorList([ForceAnswer(answer, n_prompt)])
+            forced = LogitsProcessorList([ForceTokens(answer, n_prompt)])
             with torch.inference_mode():
                 out = model.generate_masks(
                     prompt, max_new_tokens=len(answer), logits_processor=forced

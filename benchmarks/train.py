@@ -40,6 +40,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -60,19 +62,6 @@ def _synthetic_samples(count: int, size: int, seed: int = 0) -> list[Any]:
         image = np.clip(gray, 0, 255).astype(np.uint8)[..., None].repeat(3, axis=2)
         samples.append(SegSample(f"s{i}", image, ["blood vessels"], [mask]))
     return samples
-
-
-def _remap(batch: Any, id_map: dict[int, int]) -> Any:
-    """Swap the tiny tokenizer's special ids for the real model's (see benchmarks/model.py)."""
-    ids = batch.input_ids.clone()
-    labels = batch.labels.clone() if batch.labels is not None else None
-    for old, new in id_map.items():
-        ids[batch.input_ids == old] = new
-        if labels is not None:
-            labels[batch.labels == old] = new
-    batch.input_ids = ids
-    batch.labels = labels
-    return batch
 
 
 def _count_step_flops(model: Any, batch: Any, autocast: Any) -> float | None:
@@ -102,6 +91,7 @@ def _count_step_flops(model: Any, batch: Any, autocast: Any) -> float | None:
 
 def run_worker(spec: dict[str, Any]) -> None:
     import torch
+    from model import remap_token_ids  # benchmarks/model.py
 
     from vesselctl.model.load import build_model, resolve_dtype
     from vesselctl.model.presets import TINY_PROCESSOR_OVERRIDES, preset_config
@@ -165,7 +155,7 @@ def run_worker(spec: dict[str, Any]) -> None:
     total = spec["warmup"] + spec["steps"]
     samples = _synthetic_samples(spec["micro_batch"] * 4, spec["image_size"])
     batches = [
-        _remap(processor(samples[i : i + spec["micro_batch"]], train=True), id_map)
+        remap_token_ids(processor(samples[i : i + spec["micro_batch"]], train=True), id_map)
         for i in range(0, len(samples), spec["micro_batch"])
     ]
     flops = None
@@ -178,7 +168,7 @@ def run_worker(spec: dict[str, Any]) -> None:
     built = build_engine(model, settings, strategy, dist.world_size, device, bf16, schedule_steps)
     samples = _synthetic_samples(spec["micro_batch"] * 4, spec["image_size"])
     batches = [
-        _remap(processor(samples[i : i + spec["micro_batch"]], train=True), id_map)
+        remap_token_ids(processor(samples[i : i + spec["micro_batch"]], train=True), id_map)
         for i in range(0, len(samples), spec["micro_batch"])
     ]
 

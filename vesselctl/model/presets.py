@@ -184,44 +184,36 @@ def _real_internvl(text: dict[str, Any]) -> Any:
     )
 
 
+#: The InternVL-based presets differ only in their Qwen2.5 LLM's shape and chat template.
+_INTERNVL_PRESETS: dict[str, tuple[dict[str, int], str]] = {
+    "sa2va-1b": (
+        dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
+             num_key_value_heads=2, intermediate_size=4864),
+        "qwen_chat",
+    ),
+    "sa2va-4b": (
+        dict(hidden_size=2048, num_hidden_layers=36, num_attention_heads=16,
+             num_key_value_heads=2, intermediate_size=11008),
+        "phi3_chat",
+    ),
+    "sa2va-internvl3-2b": (
+        dict(hidden_size=1536, num_hidden_layers=28, num_attention_heads=12,
+             num_key_value_heads=2, intermediate_size=8960),
+        "qwen_chat",
+    ),
+}  # fmt: skip
+
+
 def _real_preset_config(name: str) -> Sa2VAConfig:
     from vesselctl.model.config import Sa2VAConfig
 
     sam2 = sam2_hiera_large_config()
-    seg_internvl = INTERNVL_BASE_VOCAB  # [SEG] is the first token Sa2VA appends
-    if name == "sa2va-1b":
-        mllm = _real_internvl(
-            dict(
-                hidden_size=896,
-                num_hidden_layers=24,
-                num_attention_heads=14,
-                num_key_value_heads=2,
-                intermediate_size=4864,
-            )
+    if name in _INTERNVL_PRESETS:
+        text, template = _INTERNVL_PRESETS[name]
+        # [SEG] is the first token Sa2VA appends to the InternVL vocabulary.
+        return Sa2VAConfig(
+            "internvl", _real_internvl(text), sam2, template, seg_token_id=INTERNVL_BASE_VOCAB
         )
-        return Sa2VAConfig("internvl", mllm, sam2, "qwen_chat", seg_token_id=seg_internvl)
-    if name == "sa2va-4b":
-        mllm = _real_internvl(
-            dict(
-                hidden_size=2048,
-                num_hidden_layers=36,
-                num_attention_heads=16,
-                num_key_value_heads=2,
-                intermediate_size=11008,
-            )
-        )
-        return Sa2VAConfig("internvl", mllm, sam2, "phi3_chat", seg_token_id=seg_internvl)
-    if name == "sa2va-internvl3-2b":
-        mllm = _real_internvl(
-            dict(
-                hidden_size=1536,
-                num_hidden_layers=28,
-                num_attention_heads=12,
-                num_key_value_heads=2,
-                intermediate_size=8960,
-            )
-        )
-        return Sa2VAConfig("internvl", mllm, sam2, "qwen_chat", seg_token_id=seg_internvl)
     if name == "sa2va-qwen2.5-vl-3b":
         mllm = _qwen25vl_config(
             vision=dict(

@@ -146,9 +146,9 @@ class Sa2VAModel(PreTrainedModel):
 
         peft calls this on the whole model when gradient checkpointing is on. transformers'
         default hooks the input layer of every sub-model, the frozen InternViT and SAM2 Hiera
-        encoders included: autograd then keeps all their activations (about 30 GiB for SAM2 at
-        micro-batch 8 with Sa2VA-1B) and backpropagates through them for nothing, since their
-        weights do not train and nothing before them does.
+        encoders included: autograd then keeps all their activations (about 31 GiB more peak
+        memory at micro-batch 8 with Sa2VA-1B, measured) and backpropagates through them for
+        nothing, since their weights do not train and nothing before them does.
         """
         self.mllm.model.language_model.enable_input_require_grads()
 
@@ -332,11 +332,9 @@ class Sa2VAModel(PreTrainedModel):
         rows = torch.arange(n, device=device)
         return masks[rows, best], iou[rows, best]
 
-    def seg_logits(
-        self, batch: Sa2VABatch, hidden_states: torch.Tensor
-    ) -> tuple[SegGather, torch.Tensor, torch.Tensor]:
-        """[SEG] hidden states -> SAM2 logits [N, h, w] and IoU [N] for the whole batch."""
-        gathered = gather_seg_hidden_states(
+    def _gather_seg(self, batch: Sa2VABatch, hidden_states: torch.Tensor) -> SegGather:
+        """The batch's [SEG] hidden states, at the positions the processor found if it did."""
+        return gather_seg_hidden_states(
             hidden_states,
             batch.input_ids,
             batch.attention_mask,
@@ -344,6 +342,12 @@ class Sa2VAModel(PreTrainedModel):
             batch.seg_positions,
             batch.seg_counts,
         )
+
+    def seg_logits(
+        self, batch: Sa2VABatch, hidden_states: torch.Tensor
+    ) -> tuple[SegGather, torch.Tensor, torch.Tensor]:
+        """[SEG] hidden states -> SAM2 logits [N, h, w] and IoU [N] for the whole batch."""
+        gathered = self._gather_seg(batch, hidden_states)
         image_embeddings = self.sam2_image_embeddings(batch.sam2_pixel_values, batch.sam2_keys)
         prompts = self.text_hidden_fcs(gathered.hidden)
         logits, iou = self.decode_masks(image_embeddings, prompts, gathered.image_index)
@@ -375,14 +379,7 @@ class Sa2VAModel(PreTrainedModel):
         cfg = self.config
         self.check_targets(batch)
         hidden_states = self.mllm_hidden_states(batch)
-        gathered = gather_seg_hidden_states(
-            hidden_states,
-            batch.input_ids,
-            batch.attention_mask,
-            self.seg_token_id,
-            batch.seg_positions,
-            batch.seg_counts,
-        )
+        gathered = self._gather_seg(batch, hidden_states)
         image_embeddings = self.sam2_image_embeddings(batch.sam2_pixel_values, batch.sam2_keys)
         n_seg = int(gathered.hidden.shape[0])
         if n_seg > 0:

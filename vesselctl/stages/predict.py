@@ -626,7 +626,7 @@ def prepare_out_dir(out: Path, settings: PredictSettings) -> dict[str, dict[str,
 
 def writer_threads() -> int:
     """Threads that encode and write output PNGs: PNG encoding runs without the GIL, so one per
-    spare core up to 8 (a little over 10 ms of encoding per 512 x 512 image)."""
+    two cores up to 8 (about 20 ms of encoding per 512 x 512 image on the 2-core dev machine)."""
     import os
 
     return max(2, min(8, (os.cpu_count() or 2) // 2))
