@@ -31,42 +31,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # for tests.model.official_fixtures
+    sys.path.insert(0, str(REPO))
+
 SHARD_BYTES = 5 * 10**9
-
-
-def _official_config(config: Any) -> dict[str, Any]:
-    """config.json as Sa2VA's convert_to_hf.py writes it for the InternVL family."""
-    mllm = config.mllm_config
-    vision, text = mllm.vision_config, mllm.text_config
-    llm = text.to_dict()
-    llm.update(architectures=["Qwen2ForCausalLM"], model_type="qwen2")
-    return {
-        "architectures": ["Sa2VAChatModel"],
-        "auto_map": {
-            "AutoConfig": "configuration_sa2va_chat.Sa2VAChatConfig",
-            "AutoModel": "modeling_sa2va_chat.Sa2VAChatModel",
-        },
-        "model_type": "sa2va_chat",
-        "template": config.template,
-        "downsample_ratio": mllm.downsample_ratio,
-        "force_image_size": vision.image_size[0],
-        "select_layer": -1,
-        "vision_config": {
-            "architectures": ["InternVisionModel"],
-            "hidden_size": vision.hidden_size,
-            "num_hidden_layers": vision.num_hidden_layers,
-            "num_attention_heads": vision.num_attention_heads,
-            "intermediate_size": vision.intermediate_size,
-            "image_size": vision.image_size[0],
-            "patch_size": vision.patch_size[0],
-            "qkv_bias": vision.attention_bias,
-            "qk_normalization": vision.use_qk_norm,
-            "norm_type": vision.norm_type,
-            "layer_norm_eps": vision.layer_norm_eps,
-            "hidden_act": vision.hidden_act,
-        },
-        "llm_config": llm,
-    }
 
 
 def generate_export(preset: str, directory: Path, seed: int = 0) -> dict[str, Any]:
@@ -74,6 +43,7 @@ def generate_export(preset: str, directory: Path, seed: int = 0) -> dict[str, An
     import torch
     from safetensors.torch import save_file
 
+    from tests.model.official_fixtures import official_config  # the tests' official layout
     from vesselctl.model.checkpoints import expected_shapes
     from vesselctl.model.keymaps import native_to_official
     from vesselctl.model.presets import preset_config
@@ -131,7 +101,7 @@ def generate_export(preset: str, directory: Path, seed: int = 0) -> dict[str, An
         "weight_map": {k: final[v] for k, v in weight_map.items()},
     }
     (directory / "model.safetensors.index.json").write_text(json.dumps(index))
-    (directory / "config.json").write_text(json.dumps(_official_config(config)))
+    (directory / "config.json").write_text(json.dumps(official_config(config, "internvl")))
     tokenizer.save_pretrained(directory)
     native_bytes = sum(_numel(s) for s in shapes.values()) * 2
     return {

@@ -84,9 +84,10 @@ def to_official(state: dict[str, torch.Tensor], layout: str) -> dict[str, torch.
     return out
 
 
-def official_config(model, family: str) -> dict:
-    """config.json as the official convert_to_hf.py writes it (remote-code layout)."""
-    mllm = model.config.mllm_config
+def official_config(config, family: str) -> dict:
+    """config.json as the official convert_to_hf.py writes it (remote-code layout) for a
+    ``Sa2VAConfig`` (also used by benchmarks/convert.py for its 4B-size export)."""
+    mllm = config.mllm_config
     if family == "internvl":
         vision, text = mllm.vision_config, mllm.text_config
         llm = text.to_dict()
@@ -99,7 +100,7 @@ def official_config(model, family: str) -> dict:
                 "AutoModelForCausalLM": "modeling_sa2va_chat.Sa2VAChatModel",
             },
             "model_type": "sa2va_chat",
-            "template": model.config.template,
+            "template": config.template,
             "downsample_ratio": mllm.downsample_ratio,
             "force_image_size": vision.image_size[0],
             "select_layer": -1,
@@ -157,7 +158,7 @@ def write_official_hf_export(
         weight_map.update(dict.fromkeys(part, name))
     index = {"metadata": {"total_size": 0}, "weight_map": weight_map}
     (directory / "model.safetensors.index.json").write_text(json.dumps(index))
-    (directory / "config.json").write_text(json.dumps(official_config(model, family)))
+    (directory / "config.json").write_text(json.dumps(official_config(model.config, family)))
     processor.tokenizer.save_pretrained(directory)
     return state
 
