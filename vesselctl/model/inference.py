@@ -70,7 +70,13 @@ def predict_probabilities(model: Sa2VAModel, batch: Sa2VABatch) -> list[torch.Te
     One forward of the MLLM (no LM head, no generation), SAM2 image features once per image,
     one batched mask-decoder call for every [SEG] of the batch.
     """
-    hidden_states = model.mllm_hidden_states(batch)
+    return _probabilities(model, batch, model.mllm_hidden_states(batch))
+
+
+def _probabilities(
+    model: Sa2VAModel, batch: Sa2VABatch, hidden_states: torch.Tensor
+) -> list[torch.Tensor]:
+    """Per sample, the probabilities of its [SEG]s from the MLLM's last hidden states."""
     gathered, logits, _ = model.seg_logits(batch, hidden_states)
     sizes = _original_sizes(batch, model.config.sam2_image_size)
     frames = model.sam2_frames(batch)
@@ -94,14 +100,7 @@ def predict_with_seg_scores(
     [SEG], no [B, T, vocab] logits.
     """
     hidden_states = model.mllm_hidden_states(batch)
-    gathered, logits, _ = model.seg_logits(batch, hidden_states)
-    sizes = _original_sizes(batch, model.config.sam2_image_size)
-    frames = model.sam2_frames(batch)
-    per_sample = torch.split(logits, gathered.counts, dim=0)
-    probabilities = [
-        logits_to_probabilities(lg, frame, size)
-        for lg, frame, size in zip(per_sample, frames, sizes, strict=True)
-    ]
+    probabilities = _probabilities(model, batch, hidden_states)
     seg_id = model.config.seg_token_id
     rows, cols = (batch.input_ids == seg_id).nonzero(as_tuple=True)
     previous = hidden_states[rows, (cols - 1).clamp(min=0)]
