@@ -11,6 +11,7 @@ import torch
 from vesselctl.errors import ConfigError, ModelError
 from vesselctl.model.acceleration import (
     FrozenEncoderCache,
+    any_block_compiled,
     attach_encoder_keys,
     check_encoder_cache_allowed,
     choose_gradient_checkpointing,
@@ -18,9 +19,8 @@ from vesselctl.model.acceleration import (
     compile_llm_layers,
     enable_encoder_cache,
     is_compile_failure,
-    llm_layers_compiled,
     probe_train_step,
-    uncompile_llm_layers,
+    uncompile_blocks,
 )
 from vesselctl.model.batch import SegSample
 from vesselctl.model.presets import build_preset
@@ -131,16 +131,16 @@ def test_compiled_llm_layers_give_the_same_losses_and_gradients(tiny):
     # Every repeated block is found (tracing happens at the first call; only the LLM runs here,
     # the encoders' compiled run is exercised by benchmarks/perf.py).
     assert compile_blocks(model, ("llm", "vision", "sam2"), backend="aot_eager") == 2 + 2 + 5
-    uncompile_llm_layers(model)
-    assert not llm_layers_compiled(model)
+    uncompile_blocks(model)
+    assert not any_block_compiled(model)
     assert compile_llm_layers(model, backend="aot_eager") == 2
     try:
-        assert llm_layers_compiled(model)
+        assert any_block_compiled(model)
         compiled = _loss_and_grads(model, batch)
     finally:
-        uncompile_llm_layers(model)
+        uncompile_blocks(model)
         torch._dynamo.reset()
-    assert not llm_layers_compiled(model)
+    assert not any_block_compiled(model)
     _assert_same(plain, compiled)
 
 
@@ -159,10 +159,10 @@ def test_a_failing_compile_falls_back_to_eager_with_a_warning(tiny):
         with pytest.warns(RuntimeWarning, match="running them eagerly"):
             reason = probe_train_step(model, lambda: _loss_and_grads(model, batch))
         assert reason is not None and "no compiler here" in reason
-        assert not llm_layers_compiled(model)
+        assert not any_block_compiled(model)
         _assert_same(plain, _loss_and_grads(model, batch), atol=0)
     finally:
-        uncompile_llm_layers(model)
+        uncompile_blocks(model)
         torch._dynamo.reset()
 
 
@@ -223,9 +223,9 @@ def test_model_compile_setting_compiles_the_chosen_blocks():
         return [b._compiled_call_impl is not None for b in compiled_blocks(model, (part,))]
 
     model, _ = load_model(ModelSourceSettings(compile="off", dtype="float32"))
-    assert not llm_layers_compiled(model)
+    assert not any_block_compiled(model)
     model, _ = load_model(ModelSourceSettings(compile="llm", dtype="float32"))
     assert all(compiled(model, "llm")) and not any(compiled(model, "sam2"))
     model, _ = load_model(ModelSourceSettings(compile="all", dtype="float32"))
     assert all(compiled(model, "llm") + compiled(model, "vision") + compiled(model, "sam2"))
-    uncompile_llm_layers(model)
+    uncompile_blocks(model)

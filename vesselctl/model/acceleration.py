@@ -38,6 +38,7 @@ COMPILE_PARTS: dict[str, tuple[str, ...]] = {
 
 
 def _base(model: nn.Module) -> nn.Module:
+    """The Sa2VAModel inside a peft wrapper (or the model itself)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
@@ -93,13 +94,13 @@ def compile_llm_layers(
     return compile_blocks(model, ("llm",), mode=mode, backend=backend)
 
 
-def uncompile_llm_layers(model: nn.Module) -> None:
+def uncompile_blocks(model: nn.Module) -> None:
     """Back to eager execution for every compiled block (LLM, vision, SAM2)."""
     for block in compiled_blocks(model):
         block._compiled_call_impl = None
 
 
-def llm_layers_compiled(model: nn.Module) -> bool:
+def any_block_compiled(model: nn.Module) -> bool:
     """Whether any block of the model is compiled."""
     return any(getattr(block, "_compiled_call_impl", None) for block in compiled_blocks(model))
 
@@ -118,7 +119,7 @@ def is_compile_failure(exc: BaseException) -> bool:
 
 
 def run_with_compile_fallback(model: nn.Module, fn: Callable[[], Any]) -> Any:
-    """Run ``fn``; if a compiled LLM layer fails to compile, warn, go eager and run it again.
+    """Run ``fn``; if a compiled block fails to compile, warn, go eager and run it again.
 
     Compilation happens at the first call, so this is where it can fail (a torch build without
     a working inductor/triton, an unsupported op). Backward graphs compile at the first
@@ -127,14 +128,14 @@ def run_with_compile_fallback(model: nn.Module, fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except Exception as exc:
-        if not (llm_layers_compiled(model) and is_compile_failure(exc)):
+        if not (any_block_compiled(model) and is_compile_failure(exc)):
             raise
         _fall_back(model, exc)
         return fn()
 
 
 def _fall_back(model: nn.Module, exc: BaseException) -> None:
-    uncompile_llm_layers(model)
+    uncompile_blocks(model)
     root = exc
     while root.__cause__ is not None and root.__cause__ is not root:
         root = root.__cause__
@@ -143,9 +144,9 @@ def _fall_back(model: nn.Module, exc: BaseException) -> None:
         root = inner
     text = " ".join(str(root).split())[:300]
     first_line = f"{type(root).__name__}: {text}"
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _base(model)
     base.__dict__["compile_fallback_reason"] = first_line
-    message = f"torch.compile of the LLM layers failed ({first_line}); running them eagerly"
+    message = f"torch.compile of the compiled blocks failed ({first_line}); running them eagerly"
     warnings.warn(message, RuntimeWarning, stacklevel=3)
     log.warning(message)
 
@@ -154,12 +155,12 @@ def probe_train_step(model: nn.Module, step: Callable[[], Any]) -> str | None:
     """One training step (forward and backward) with compiled layers; on a compile failure in
     either pass, go eager and return the reason (None when compilation worked). The caller
     zeroes gradients afterwards."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _base(model)
     base.__dict__.pop("compile_fallback_reason", None)
     try:
         step()
     except Exception as exc:
-        if not (llm_layers_compiled(model) and is_compile_failure(exc)):
+        if not (any_block_compiled(model) and is_compile_failure(exc)):
             raise
         _fall_back(model, exc)
     return base.__dict__.get("compile_fallback_reason")
@@ -195,7 +196,7 @@ def choose_gradient_checkpointing(
     the probe does not (e.g. AdamW's two fp32 states per trainable value before the first
     optimiser step), added to the measured peak.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _base(model)
     if device.type != "cuda":
         base.set_llm_gradient_checkpointing(False)
         return CheckpointingChoice(False, None, float("inf"), "not a CUDA device")
@@ -360,7 +361,7 @@ def enable_encoder_cache(model: Sa2VAModel, cache: FrozenEncoderCache | None) ->
 
     Refuses when an encoder trains: a cache of something that changes would be wrong.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _base(model)
     if cache is not None:
         trainable = [
             name
