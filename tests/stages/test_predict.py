@@ -209,6 +209,28 @@ def test_views_encoded_from_device_pixels_match_worker_encoding() -> None:
         assert a.shape == b.shape and (a.int() - b.int()).abs().max() <= 1, name
 
 
+def test_16_bit_images_are_scaled_as_the_model_processor_says(tmp_path: Path) -> None:
+    """A dim 12-bit scan in a 16-bit PNG with a processor set to uint16_scaling image_max is
+    stretched by its own maximum, as the processor does for in-memory images."""
+    from vesselctl.model.presets import build_preset
+    from vesselctl.model.tiling import to_rgb_uint8
+
+    path = tmp_path / "scan.png"
+    pixels = np.random.default_rng(0).integers(0, 4096, (20, 30), dtype=np.uint16)
+    Image.fromarray(pixels).save(path)
+    _, processor = build_preset("tiny")
+    settings = load_settings(
+        PredictSettings, None, [], {"model": Path("m"), "input": Path("i"), "out": Path("o")}
+    )
+    for scaling in ("image_max", "full_range"):
+        dataset = stage.ImageViewsDataset(
+            [stage.PredictItem("scan", path)],
+            settings,
+            processor.replace_options(uint16_scaling=scaling),
+        )
+        np.testing.assert_array_equal(dataset[0].image, to_rgb_uint8(pixels, scaling))
+
+
 def test_prepared_dataset_split(tiny_model_dir: Path, tmp_path: Path) -> None:
     root = tmp_path / "ds"
     (root / "images").mkdir(parents=True)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from vesselctl.data.images import encode_png, read_image, to_uint8
+from vesselctl.data.images import encode_png, read_image
 from vesselctl.data.manifest import is_prepared_dataset, read_manifest
 from vesselctl.errors import ConfigError, DatasetError, ModelError
 from vesselctl.files import (
@@ -120,12 +120,12 @@ def find_inputs(source: Path, split: str | None) -> list[PredictItem]:
     return items
 
 
-def load_rgb(path: Path) -> np.ndarray:
-    """Read any supported image as H x W x 3 uint8 RGB (16-bit scaled, grayscale repeated)."""
-    array = to_uint8(read_image(path))
-    if array.ndim == 2:
-        array = np.repeat(array[:, :, None], 3, axis=2)
-    return np.ascontiguousarray(array)
+def load_rgb(path: Path, uint16_scaling: str = "full_range") -> np.ndarray:
+    """Read any supported image as H x W x 3 uint8 RGB, 16-bit images scaled as the model's
+    processor says (``ProcessorOptions.uint16_scaling``), grayscale repeated."""
+    from vesselctl.model.tiling import to_rgb_uint8
+
+    return to_rgb_uint8(read_image(path), uint16_scaling)  # type: ignore[arg-type]
 
 
 # --- views: tiles and mirrored copies -------------------------------------------------------------
@@ -345,8 +345,12 @@ class ImageViewsDataset:
 
         item = self.items[index]
         try:
-            image = item.array if item.array is not None else load_rgb(Path(str(item.path)))
-        except DatasetError as exc:
+            if item.array is not None:
+                image = item.array
+            else:
+                scaling = self.processor.options.uint16_scaling
+                image = load_rgb(Path(str(item.path)), scaling)
+        except (DatasetError, ModelError) as exc:
             return LoadedImage(item, None, [], error=str(exc))
         views = image_views(0, *image.shape[:2], self.settings)
         if not self.encode:
