@@ -134,9 +134,9 @@ def test_stitch_undoes_flip_and_averages_tiles() -> None:
     h, w = 10, 30
     truth = np.tile(np.linspace(0, 1, w, dtype=np.float32), (h, 1))
     views = [
-        stage.View(0, (0, 0, h, 20), False),
-        stage.View(0, (0, 10, h, 30), False),
-        stage.View(0, (0, 0, h, 20), True),
+        stage.View((0, 0, h, 20), False),
+        stage.View((0, 10, h, 30), False),
+        stage.View((0, 0, h, 20), True),
     ]
     probs = [truth[:, :20], truth[:, 10:30], truth[:, :20][:, ::-1]]
     np.testing.assert_allclose(stage.stitch(views, probs, h, w, overlap=10), truth, atol=1e-6)

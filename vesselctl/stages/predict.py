@@ -156,12 +156,11 @@ def blend_window(height: int, width: int, overlap: int) -> np.ndarray:
 class View:
     """A crop (y0, x0, y1, x1) of one image, optionally mirrored left-right."""
 
-    image_index: int
     box: tuple[int, int, int, int]
     flipped: bool
 
 
-def image_views(index: int, height: int, width: int, settings: PredictSettings) -> list[View]:
+def image_views(height: int, width: int, settings: PredictSettings) -> list[View]:
     """All views of one image: its tiles (or the whole image), each also mirrored with TTA."""
     inference = settings.inference
     if inference.tile_size and max(height, width) > inference.tile_size:
@@ -174,7 +173,7 @@ def image_views(index: int, height: int, width: int, settings: PredictSettings) 
     else:
         boxes = [(0, 0, height, width)]
     flips = (False, True) if inference.hflip_tta else (False,)
-    return [View(index, box, flip) for box in boxes for flip in flips]
+    return [View(box, flip) for box in boxes for flip in flips]
 
 
 # --- the model ------------------------------------------------------------------------------------
@@ -352,7 +351,7 @@ class ImageViewsDataset:
                 image = load_rgb(Path(str(item.path)), scaling)
         except (DatasetError, ModelError) as exc:
             return LoadedImage(item, None, [], error=str(exc))
-        views = image_views(0, *image.shape[:2], self.settings)
+        views = image_views(*image.shape[:2], self.settings)
         if not self.encode:
             return LoadedImage(item, image, views)
         encoded = [
