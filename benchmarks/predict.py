@@ -105,24 +105,18 @@ def sync(device: Any) -> None:
         torch.cuda.synchronize()
 
 
-#: Environment switch read by stage_settings: "cpu" makes every run resize with PIL in the
-#: loader workers (inference.gpu_preprocessing false) instead of on the GPU.
-PREPROCESSING_ENV = "VESSELCTL_BENCH_PREPROCESSING"
-
-
-def stage_settings(batch_size: int, workers: int, out: Path) -> Any:
+def stage_settings(batch_size: int, workers: int, out: Path, gpu_preprocessing: bool) -> Any:
     """Predict settings as the stage would resolve them for this benchmark."""
     from vesselctl.settings.base import load_settings
     from vesselctl.settings.predict import PredictSettings
 
-    gpu = os.environ.get(PREPROCESSING_ENV, "gpu") == "gpu"
     return load_settings(
         PredictSettings,
         None,
         [
             f"inference.batch_size={batch_size}",
             f"inference.workers={workers}",
-            f"inference.gpu_preprocessing={str(gpu).lower()}",
+            f"inference.gpu_preprocessing={str(gpu_preprocessing).lower()}",
             "progress=false",
         ],
         {"model": out, "input": out, "out": out},
@@ -138,6 +132,7 @@ def single_pass_rate(
     dtype: Any,
     repeats: int,
     workers: int,
+    gpu_preprocessing: bool,
 ) -> tuple[float, float | None, float, float]:
     """Images/s of the predict stage's loop (loader workers, one pass, PNGs written), peak GPU
     memory (GiB), and the shares of the loop's time spent waiting for input and in the model."""
@@ -151,7 +146,7 @@ def single_pass_rate(
     rates: list[float] = []
     shares: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        settings = stage_settings(batch_size, workers, Path(tmp))
+        settings = stage_settings(batch_size, workers, Path(tmp), gpu_preprocessing)
         predict_items(
             model,
             processor,
@@ -208,7 +203,14 @@ def model_only_rate(
 
 
 def profile_loop(
-    model: Any, processor: Any, images: list, batch_size: int, device: Any, dtype: Any, workers: int
+    model: Any,
+    processor: Any,
+    images: list,
+    batch_size: int,
+    device: Any,
+    dtype: Any,
+    workers: int,
+    gpu_preprocessing: bool,
 ) -> str:
     """cProfile of the main process over one run of the stage's loop: where its time goes."""
     import cProfile
@@ -220,7 +222,7 @@ def profile_loop(
 
     items = [PredictItem(f"p{i}", None, im) for i, im in enumerate(images)]
     with tempfile.TemporaryDirectory() as tmp:
-        settings = stage_settings(batch_size, workers, Path(tmp))
+        settings = stage_settings(batch_size, workers, Path(tmp), gpu_preprocessing)
         profiler = cProfile.Profile()
         profiler.enable()
         predict_items(
@@ -294,7 +296,7 @@ def worker(args: argparse.Namespace) -> None:
     times = []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
-        settings = stage_settings(bs, args.workers, out)
+        settings = stage_settings(bs, args.workers, out, args.preprocessing[0] == "gpu")
         predict_items(
             model, processor, items[:bs], settings, out, device, dtype, 0, PredictResult(out)
         )
@@ -373,10 +375,17 @@ def main(argv: list[str] | None = None) -> int:
     images = noise_images(args.images, args.image_size)
     rows = []
     for preprocessing in args.preprocessing:
-        os.environ[PREPROCESSING_ENV] = preprocessing
         for bs in args.batch_sizes:
             rate, peak, wait, model_share = single_pass_rate(
-                model, processor, images, bs, device, dtype, args.repeats, args.workers
+                model,
+                processor,
+                images,
+                bs,
+                device,
+                dtype,
+                args.repeats,
+                args.workers,
+                preprocessing == "gpu",
             )
             rows.append(
                 {
@@ -389,7 +398,6 @@ def main(argv: list[str] | None = None) -> int:
                     "model_share": model_share,
                 }
             )
-    os.environ[PREPROCESSING_ENV] = args.preprocessing[0]  # what the 2-GPU run uses
     first_mode = "single_pass" if args.preprocessing[0] == "gpu" else "single_pass_pil"
     for bs in args.batch_sizes:
         rows.append(
@@ -404,7 +412,14 @@ def main(argv: list[str] | None = None) -> int:
     profile = None
     if args.profile:
         profile = profile_loop(
-            model, processor, images, max(args.batch_sizes), device, dtype, args.workers
+            model,
+            processor,
+            images,
+            max(args.batch_sizes),
+            device,
+            dtype,
+            args.workers,
+            args.preprocessing[0] == "gpu",
         )
         print(profile)
     gen = generate_rate(model, processor, images[: args.generate_images], device, dtype)
@@ -440,6 +455,8 @@ def main(argv: list[str] | None = None) -> int:
             str(max(args.batch_sizes)),
             "--workers",
             str(args.workers),
+            "--preprocessing",
+            args.preprocessing[0],
         ]
         torch.cuda.empty_cache()
         out = subprocess.run(command, capture_output=True, text=True, check=False)
