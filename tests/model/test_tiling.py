@@ -15,7 +15,6 @@ from vesselctl.model.tiling import (
     SAM2_STD,
     candidate_grids,
     closest_grid,
-    internvl_image_text,
     internvl_pixel_values,
     internvl_tiles,
     internvl_tokens_per_tile,
@@ -144,12 +143,11 @@ def test_pixel_values_match_pil_resize_crop_and_imagenet_normalisation():
     np.testing.assert_allclose(pixels.numpy(), expected, rtol=0, atol=1e-6)
 
 
-def test_tokens_per_tile_and_image_text():
+def test_tokens_per_tile():
     assert internvl_tokens_per_tile(448, 14, 0.5) == 256
     assert internvl_tokens_per_tile(56, 14, 0.5) == 4
     with pytest.raises(ModelError, match="whole number"):
         internvl_tokens_per_tile(448, 14, 0.3)
-    assert internvl_image_text(3) == "<img><IMG_CONTEXT><IMG_CONTEXT><IMG_CONTEXT></img>"
 
 
 # --- Qwen2.5-VL --------------------------------------------------------------------------------

@@ -305,11 +305,6 @@ def internvl_tokens_per_tile(tile_size: int, patch_size: int, downsample_ratio: 
     return int(tokens)
 
 
-def internvl_image_text(n_tokens: int) -> str:
-    """``<img>`` + n x ``<IMG_CONTEXT>`` + ``</img>``."""
-    return INTERNVL_IMG_START + INTERNVL_IMG_CONTEXT * n_tokens + INTERNVL_IMG_END
-
-
 # --- Qwen2.5-VL pixel budget ------------------------------------------------------------------
 
 
@@ -354,11 +349,6 @@ def qwen_pixel_values(image: np.ndarray, processor: Any) -> tuple[torch.Tensor, 
     pixel_values = torch.from_numpy(np.ascontiguousarray(out["pixel_values"])).to(torch.float32)
     grid = torch.as_tensor(out["image_grid_thw"][0], dtype=torch.long)
     return pixel_values, grid
-
-
-def qwen_image_text(n_tokens: int) -> str:
-    """``<|vision_start|>`` + n x ``<|image_pad|>`` + ``<|vision_end|>``."""
-    return QWEN_VISION_START + QWEN_IMAGE_PAD * n_tokens + QWEN_VISION_END
 
 
 # --- SAM2 input and mask geometry -------------------------------------------------------------
