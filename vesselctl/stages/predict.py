@@ -448,16 +448,20 @@ def collated_ahead(
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    on_gpu = getattr(device, "type", None) == "cuda"
+    stream = None
+    if getattr(device, "type", None) == "cuda":
+        import torch
+
+        stream = torch.cuda.Stream(device)  # the side stream every batch is built on
 
     def fetch() -> tuple[list[LoadedImage], Any] | None:
         group = next(groups, None)
         if group is None:
             return None
-        if not on_gpu:
+        if stream is None:
             return group, collate_group(processor, group, prompt, device)
         return group, built_on_gpu(
-            lambda: collate_group(processor, group, prompt, device), device, dtype
+            lambda: collate_group(processor, group, prompt, device), stream, device, dtype
         )
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="vesselctl-collate") as pool:
@@ -467,13 +471,12 @@ def collated_ahead(
             yield current
 
 
-def built_on_gpu(build: Any, device: Any, dtype: Any) -> Any:
-    """The batch ``build()`` collates, on the GPU: built and copied on a side stream from this
-    (background) thread, finished before it is returned. None when the GPU has no room: the
+def built_on_gpu(build: Any, stream: Any, device: Any, dtype: Any) -> Any:
+    """The batch ``build()`` collates, on the GPU: built and copied on the side ``stream`` from
+    this (background) thread, finished before it is returned. None when the GPU has no room: the
     model loop then collates again and meets the out-of-memory error, which halves the batch."""
     import torch
 
-    stream = torch.cuda.Stream(device)
     try:
         with torch.cuda.stream(stream):
             batch = build()
