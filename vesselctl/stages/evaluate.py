@@ -40,6 +40,7 @@ from vesselctl.metrics.image import (
     PROBABILITY_METRICS,
     SURFACE_CONNECTIVITY,
 )
+from vesselctl.metrics.overlays import LEGEND
 from vesselctl.settings.base import write_resolved_settings
 from vesselctl.settings.evaluate import EvaluateSettings
 
@@ -362,7 +363,7 @@ def run(
         "bootstrap": summary_stats["bootstrap"],
         "compare": comparison,
         "overlays": {
-            "legend": {"tp": "green", "fp": "red", "fn": "blue"},
+            "legend": LEGEND,
             "rank_by": settings.overlays.rank_by,
             **overlays,
         },
