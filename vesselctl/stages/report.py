@@ -174,20 +174,8 @@ def run(settings: ReportSettings) -> ReportResult:
         ],
         missing=missing,
     )
-    atomic_write_json(out / "result.json", to_jsonable(_result_dict(result)))
+    atomic_write_json(out / "result.json", to_jsonable(result))
     return result
-
-
-def _result_dict(result: ReportResult) -> dict[str, Any]:
-    return {
-        "out_dir": str(result.out_dir),
-        "report_md": str(result.report_md),
-        "report_html": str(result.report_html),
-        "report_json": str(result.report_json),
-        "plots": [str(p) for p in result.plots],
-        "runs": result.runs,
-        "missing": result.missing,
-    }
 
 
 def _report_numbers(
