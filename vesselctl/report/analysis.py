@@ -256,9 +256,9 @@ def epoch_table(
             in_epoch = np.flatnonzero(val_epochs == epoch)
             if in_epoch.size:
                 last = in_epoch[-1]
-                for name, values in log.val.items():
-                    if name not in ("step", "epoch", "attempt") and math.isfinite(values[last]):
-                        row[name] = float(values[last])
+                for name in log.val_metrics():
+                    if math.isfinite(log.val[name][last]):
+                        row[name] = float(log.val[name][last])
         rows.append(row)
     return rows
 
@@ -336,8 +336,9 @@ def run_summary(
     if eta is not None and _finite(eta).any():
         last_eta = float(eta[_finite(eta)][-1])
     val_best: dict[str, dict[str, float]] = {}
-    for name, values in log.val.items():
-        if name in ("step", "epoch", "attempt") or not _finite(values).any():
+    for name in log.val_metrics():
+        values = log.val[name]
+        if not _finite(values).any():
             continue
         finite = np.where(_finite(values), values, np.nan)
         best = int(np.nanargmax(finite) if higher_is_better(name) else np.nanargmin(finite))
@@ -518,25 +519,25 @@ def find_anomalies(
                         step=int(steps[index]),
                     )
                 )
-    if log.val:
-        for name, values in log.val.items():
-            if name in ("step", "epoch", "attempt") or not higher_is_better(name):
-                continue
-            finite = values[_finite(values)]
-            if finite.size >= 3:
-                best = int(np.argmax(finite))
-                if best < finite.size - 1 and finite[best] - finite[-1] > 0.02:
-                    val_steps = log.val["step"][_finite(values)]
-                    found.append(
-                        Anomaly(
-                            "val_decline",
-                            "warning",
-                            f"validation {name} peaked at {finite[best]:.4g} (step "
-                            f"{int(val_steps[best])}) and ended at {finite[-1]:.4g}: use the best "
-                            "checkpoint, not the last; the model may be over-fitting",
-                            step=int(val_steps[best]),
-                        )
+    for name in log.val_metrics():
+        if not higher_is_better(name):
+            continue
+        values = log.val[name]
+        finite = values[_finite(values)]
+        if finite.size >= 3:
+            best = int(np.argmax(finite))
+            if best < finite.size - 1 and finite[best] - finite[-1] > 0.02:
+                val_steps = log.val["step"][_finite(values)]
+                found.append(
+                    Anomaly(
+                        "val_decline",
+                        "warning",
+                        f"validation {name} peaked at {finite[best]:.4g} (step "
+                        f"{int(val_steps[best])}) and ended at {finite[-1]:.4g}: use the best "
+                        "checkpoint, not the last; the model may be over-fitting",
+                        step=int(val_steps[best]),
                     )
+                )
     for event in log.events:
         if event.kind == "restart":
             found.append(Anomaly("restart", "warning", event.message, event.step, event.where()))

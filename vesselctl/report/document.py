@@ -287,7 +287,7 @@ def _epoch_blocks(report: RunReport) -> list[Block]:
             )
         ]
     losses = [row.name for row in report.losses]
-    val_names = [k for k in report.data.log.val if k not in ("step", "epoch", "attempt")]
+    val_names = report.data.log.val_metrics()
     headers = ["epoch", "steps", "records"]
     headers += [f"{name} mean" for name in losses]
     if losses:

@@ -104,6 +104,10 @@ class TrainingLog:
         """Train columns other than the bookkeeping ones, in first-seen order."""
         return [c for c in self.train if c not in ("step", "epoch", "timestamp", "attempt")]
 
+    def val_metrics(self) -> list[str]:
+        """Validation columns other than the bookkeeping ones, in first-seen order."""
+        return [c for c in self.val if c not in ("step", "epoch", "attempt")]
+
     def loss_columns(self) -> list[str]:
         """Columns that are losses: the total ``loss`` first, then components as logged."""
         names = [c for c in self.columns() if "loss" in c.lower()]
