@@ -167,7 +167,6 @@ def plot_series(
     title: str,
     smooth: float | None,
     ylabels: dict[str, str] | None = None,
-    log_y: Sequence[str] = (),
 ) -> bytes | None:
     """One subplot per column, every run overlaid; raw faint + EMA solid when ``smooth`` is set."""
     present = [c for c in columns if any(c in curve.log.train for curve in curves)]
@@ -181,23 +180,19 @@ def plot_series(
             if values is None or not np.isfinite(values).any():
                 continue
             steps = curve.log.train["step"]
+            xs, ys = envelope(steps, values)
             if smooth is not None:
-                xs, ys = envelope(steps, values)
                 axis.plot(xs, ys, color=colour, linewidth=0.8, alpha=0.45)
                 sx, sy = _thin(steps, ema(values, smooth))
                 axis.plot(sx, sy, color=colour, linewidth=1.6, label=curve.name)
             else:
-                xs, ys = envelope(steps, values)
                 axis.plot(xs, ys, color=colour, linewidth=1.2, label=curve.name)
             _mark_events(axis, curve, colour)
             _mark_nonfinite(axis, steps, curve.log.nonfinite(column))
         label = (ylabels or {}).get(column, column)
         axis.set_title(label, fontsize=10)
-        if column in log_y:
-            axis.set_yscale("log")
-        else:
-            axis.ticklabel_format(axis="y", useOffset=False)
-            _widen_flat_axis(axis, curves, column)
+        axis.ticklabel_format(axis="y", useOffset=False)
+        _widen_flat_axis(axis, curves, column)
     titled = len(curves) == 1 and len(present) > 1
     if titled:
         fig.suptitle(title, fontsize=11, x=0.01, ha="left")
@@ -209,9 +204,7 @@ def plot_validation(curves: Sequence[Curve]) -> bytes | None:
     """Validation metrics against the step, one subplot per metric."""
     names: list[str] = []
     for curve in curves:
-        for name in curve.log.val:
-            if name not in ("step", "epoch", "attempt") and name not in names:
-                names.append(name)
+        names += [name for name in curve.log.val_metrics() if name not in names]
     if not names:
         return None
     fig, axes = _grid(len(names))
