@@ -189,15 +189,17 @@ def _wall_spans(log: TrainingLog) -> float | None:
     return total
 
 
-def _estimated_wall(log: TrainingLog) -> float | None:
-    """Seconds from the time per step integrated over the logged steps."""
+def _estimated_wall(log: TrainingLog, chosen: np.ndarray | None = None) -> float | None:
+    """Seconds from the time per step times the steps each record covers, summed over the
+    ``chosen`` records (default: all)."""
     times = log.train.get("time_per_step_s")
     if times is None or log.n_train == 0:
         return None
-    steps = log.train["step"]
-    deltas = np.diff(np.concatenate([[0.0], steps]))
-    mask = _finite(times) & (deltas > 0)
-    return float((times[mask] * deltas[mask]).sum()) if mask.any() else None
+    deltas = np.diff(np.concatenate([[0.0], log.train["step"]]))
+    usable = _finite(times) & (deltas > 0)
+    if chosen is not None:
+        usable &= chosen
+    return float((times[usable] * deltas[usable]).sum()) if usable.any() else None
 
 
 def epoch_table(
@@ -245,13 +247,7 @@ def epoch_table(
             chosen_stamps = stamps[chosen & _finite(stamps)]
             row["wall_time_s"] = float(chosen_stamps.max() - chosen_stamps.min())
         elif "time_per_step_s" in log.train:
-            # No timestamps: time per step times the steps each record covers.
-            deltas = np.diff(np.concatenate([[0.0], steps]))[chosen]
-            times = log.train["time_per_step_s"][chosen]
-            usable = _finite(times) & (deltas > 0)
-            row["wall_time_s"] = (
-                float((times[usable] * deltas[usable]).sum()) if usable.any() else None
-            )
+            row["wall_time_s"] = _estimated_wall(log, chosen)  # no timestamps
         if val_epochs is not None:
             in_epoch = np.flatnonzero(val_epochs == epoch)
             if in_epoch.size:
