@@ -259,7 +259,7 @@ def resolve_workers(workers: int, n_items: int) -> int:
 def _start_method() -> str:
     """``fork`` when it is safe (Linux, one thread, no CUDA context), else forkserver or spawn.
 
-    fork starts workers in milliseconds with every module already imported and does not re-run
+    fork starts workers with every module already imported and does not re-run
     the caller's main script; it is unsafe once other threads or a CUDA context exist (e.g.
     ``evaluate --ckpt`` after running a model), where a clean forkserver/spawn child is used.
     Worker code uses numpy, scipy, scikit-image and PIL only: OpenCV's thread pool does not

@@ -243,7 +243,7 @@ def surface(mask: np.ndarray) -> np.ndarray:
 
 
 def _coordinates(mask: np.ndarray) -> np.ndarray:
-    """(row, col) of the true pixels; flatnonzero + divmod is ~4x faster than argwhere."""
+    """(row, col) of the true pixels, from one flatnonzero and a divmod (no argwhere)."""
     flat = np.flatnonzero(mask)
     return np.stack(np.divmod(flat, mask.shape[1]), axis=1)
 
@@ -252,8 +252,9 @@ def surface_distances(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
     """(HD95, ASSD) between the surfaces of two masks, with ``EMPTY_POLICY``.
 
     Nearest-surface distances come from a k-d tree over the (few) surface pixels rather than a
-    distance transform over the whole image: exact Euclidean distances, several times faster on
-    thin vessels, identical to ``scipy.ndimage.distance_transform_edt`` (the tests check this).
+    distance transform over the whole image: exact Euclidean distances, work in proportion to the
+    surface of thin vessels rather than the image, identical to
+    ``scipy.ndimage.distance_transform_edt`` (the tests check this).
     """
     from scipy.spatial import cKDTree
 

@@ -97,8 +97,8 @@ def ema(values: np.ndarray, alpha: float) -> np.ndarray:
     """Bias-corrected exponential moving average over the finite entries (others stay NaN).
 
     ``alpha`` is the weight of the past (0 = no smoothing). Written with numpy in blocks rather
-    than scipy.signal.lfilter because importing scipy.signal alone costs about a second, more
-    than the whole report of a long log: inside a block of length k,
+    than scipy.signal.lfilter so a report does not import scipy.signal (a heavy import) for one
+    filter: inside a block of length k,
     ``s_j = a^(j+1) s_prev + (1-a) a^j cumsum(x_i a^-i)``, with k chosen so a^-k stays <= 1e10.
     """
     out = np.full(values.shape, np.nan)

@@ -3,7 +3,7 @@
 Every figure takes several runs and overlays them in one colour per run, so a single run and a
 comparison are drawn by the same code. Raw values are drawn thin and faint, the EMA solid; long
 logs are reduced to a min/max envelope per pixel column before drawing so spikes stay visible and
-100,000 points draw in milliseconds.
+long logs draw quickly.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ class Curve:
 
 
 def _figure(width: float, height: float):
-    """A matplotlib Figure drawn by the Agg canvas; pyplot (and its GUI backend machinery,
-    about a second to import) is not needed to write PNGs."""
+    """A matplotlib Figure drawn by the Agg canvas; pyplot (and the import of its GUI backend
+    machinery) is not needed to write PNGs."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -77,8 +77,8 @@ def _thin(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _png(fig) -> bytes:
     buffer = io.BytesIO()
-    # Light PNG compression: level 1 encodes several times faster than the default 6 for
-    # files about a third larger, which matters more for a report made on every check.
+    # Light PNG compression: level 1 encodes faster than the default 6 for somewhat larger
+    # files, which matters more for a report made on every check.
     fig.savefig(buffer, format="png", dpi=_DPI, pil_kwargs={"compress_level": 1})
     return buffer.getvalue()
 
