@@ -159,23 +159,26 @@ def run(settings: ReportSettings) -> ReportResult:
         report_html=report_html,
         report_json=report_json,
         plots=[out / image.file_name for image in plot_images],
-        runs=[
-            {
-                "name": r.data.name,
-                "status": r.summary.status,
-                "steps_done": r.summary.steps_done,
-                "max_steps": r.summary.max_steps,
-                "final_loss": r.losses[0].last if r.losses else None,
-                "problems": sum(a.severity == "error" for a in r.anomalies),
-                "warnings": sum(a.severity == "warning" for a in r.anomalies),
-                "evaluations": len(r.data.evaluations),
-            }
-            for r in reports
-        ],
+        runs=[_headline(r) for r in reports],
         missing=missing,
     )
     atomic_write_json(out / "result.json", to_jsonable(result))
     return result
+
+
+def _headline(report: RunReport) -> dict[str, Any]:
+    """One run's row of result.json and of the command's summary table."""
+    problems, warnings = report.problem_counts()
+    return {
+        "name": report.data.name,
+        "status": report.summary.status,
+        "steps_done": report.summary.steps_done,
+        "max_steps": report.summary.max_steps,
+        "final_loss": report.losses[0].last if report.losses else None,
+        "problems": problems,
+        "warnings": warnings,
+        "evaluations": len(report.data.evaluations),
+    }
 
 
 def _report_numbers(
