@@ -125,6 +125,16 @@ def test_out_must_not_be_the_run_folder(tmp_path: Path) -> None:
         stage.run(_settings(runs=[run], out=run))
 
 
+def test_out_must_not_be_an_evaluation_folder(tmp_path: Path) -> None:
+    run = write_run_folder(tmp_path / "run", SyntheticRun(total_iters=100), with_evaluation=False)
+    evaluation = write_evaluation(tmp_path / "eval")
+    (evaluation / "result.json").write_text('{"from": "evaluate"}')
+    before = {p: p.read_bytes() for p in evaluation.rglob("*") if p.is_file()}
+    with pytest.raises(ReportError, match="would overwrite that evaluation's own files"):
+        stage.run(_settings(runs=[run], evaluations=[evaluation], out=evaluation))
+    assert {p: p.read_bytes() for p in evaluation.rglob("*") if p.is_file()} == before
+
+
 def test_settings_errors() -> None:
     with pytest.raises(ConfigError, match="no run given"):
         _settings(out="x")

@@ -64,23 +64,26 @@ def _unique_names(runs: list[RunData], names: list[str]) -> None:
             run.name = f"{run.name} ({count + 1})"
 
 
-def _check_out_dir(out: Path, inputs: list[Path]) -> None:
-    """Refuse to write into a folder being reported: its settings.yaml and result.json would be
-    overwritten by the report's own."""
+def _check_out_dir(out: Path, settings: ReportSettings) -> None:
+    """Refuse to write into a folder being reported (a run's or an evaluation's): its
+    settings.yaml, result.json and run_info.json would be overwritten by the report's own, and a
+    re-run would delete the evaluation's overlay PNGs as stale report images."""
     out_resolved = out.resolve()
-    for item in inputs:
+    inputs = [(item, "run") for item in settings.runs]
+    inputs += [(item, "evaluation") for item in settings.evaluations]
+    for item, what in inputs:
         folder = item.resolve() if item.is_dir() else item.resolve().parent
         if out_resolved == folder:
             raise ReportError(
                 f"--out {out} is the folder of the input {item}; the report would overwrite that "
-                f"run's own files. Choose another folder, e.g. --out {out / 'report'}"
+                f"{what}'s own files. Choose another folder, e.g. --out {out / 'report'}"
             )
 
 
 def run(settings: ReportSettings) -> ReportResult:
     """Read the runs, compute, plot, render and write the report into ``settings.out``."""
     # 1. The output folder must not be one of the inputs (the report writes settings.yaml,
-    #    result.json and run_info.json, which a run folder already has).
+    #    result.json and run_info.json, which run and evaluation folders already have).
     if settings.out is None:
         raise ReportError("no output folder: pass --out DIR")
     out = Path(settings.out)
@@ -90,7 +93,7 @@ def run(settings: ReportSettings) -> ReportResult:
                 f"{item}: no such file or folder; pass a vesselctl run folder, an mmengine "
                 "work_dir, a training log file or an evaluation folder"
             )
-    _check_out_dir(out, settings.runs)
+    _check_out_dir(out, settings)
     out.mkdir(parents=True, exist_ok=True)
 
     # 2. Read every run; explicit evaluation folders are added to the ones found in run folders.
