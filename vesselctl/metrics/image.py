@@ -24,7 +24,7 @@ Conventions (the same everywhere in vesselctl; also written into every ``summary
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -276,8 +276,9 @@ def surface_distances(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
 
 def _level_histograms(
     prob: np.ndarray, gt: np.ndarray, fov: np.ndarray | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Counts of positive and negative pixels per distinct score, in increasing score order.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Counts of positive and negative pixels per distinct score, in increasing score order, and
+    the probability each level stands for.
 
     uint8/uint16 maps (PNG probability levels) are histogrammed directly; float maps are ranked
     once with ``np.unique``. Ties share a level, as scikit-learn's curves treat them.
@@ -290,14 +291,16 @@ def _level_histograms(
         gt = gt.ravel()
     if prob.dtype in (np.uint8, np.uint16):
         levels = prob.astype(np.intp, copy=False)
-        n_levels = 256 if prob.dtype == np.uint8 else 65536
+        top = 255 if prob.dtype == np.uint8 else 65535
+        scores = np.arange(top + 1, dtype=np.float64) / top  # as threshold_probability reads them
     else:
-        _, levels = np.unique(prob, return_inverse=True)
+        values, levels = np.unique(prob, return_inverse=True)
         levels = levels.ravel()
-        n_levels = int(levels.max()) + 1 if levels.size else 1
+        scores = values.astype(np.float64, copy=False) if values.size else np.zeros(1)
+    n_levels = scores.size
     # One bincount over (level, label) pairs instead of two over boolean-indexed copies.
     pairs = np.bincount(levels * 2 + gt, minlength=2 * n_levels).reshape(n_levels, 2)
-    return pairs[:, 1], pairs[:, 0]
+    return pairs[:, 1], pairs[:, 0], scores
 
 
 def auc_scores(
@@ -310,7 +313,7 @@ def auc_scores(
     Both come from one histogram over score levels swept from high to low. NaN when the ground
     truth has a single class.
     """
-    positives, negatives = _level_histograms(prob, gt, fov)
+    positives, negatives, _ = _level_histograms(prob, gt, fov)
     tps = np.cumsum(positives[::-1]).astype(np.float64)
     fps = np.cumsum(negatives[::-1]).astype(np.float64)
     n_pos, n_neg = tps[-1], fps[-1]
@@ -335,6 +338,27 @@ def threshold_probability(prob: np.ndarray, threshold: float) -> np.ndarray:
         table = (np.arange(top + 1, dtype=np.float64) / top) >= threshold
         return table[prob]
     return prob >= threshold
+
+
+def threshold_counts(
+    prob: np.ndarray,
+    gt: np.ndarray,
+    thresholds: Sequence[float],
+    fov: np.ndarray | None = None,
+) -> list[tuple[int, int, int, int]]:
+    """``confusion_counts(threshold_probability(prob, t), gt, fov)`` for every threshold ``t``.
+
+    Read off one histogram of score levels (the one the AUCs use) instead of thresholding and
+    counting the whole image once per threshold; same rule, same counts.
+    """
+    positives, negatives, scores = _level_histograms(prob, gt, fov)
+    n_pos, n_neg = int(positives.sum()), int(negatives.sum())
+    counts = []
+    for threshold in thresholds:
+        chosen = scores >= threshold
+        tp, fp = int(positives[chosen].sum()), int(negatives[chosen].sum())
+        counts.append((tp, fp, n_pos - tp, n_neg - fp))
+    return counts
 
 
 def resolve_metric_names(metrics: Collection[str] | None, has_prob: bool) -> tuple[str, ...]:
