@@ -110,12 +110,13 @@ def confusion_counts(
 
     One AND and three popcounts: FP, FN and TN follow from TP and the marginals.
     """
-    if fov is not None:
-        pred = pred & fov
-        gt = gt & fov
-        total = int(np.count_nonzero(fov))
-    else:
-        total = int(pred.size)
+    if fov is None:
+        return _counts_within(pred, gt, int(pred.size))
+    return _counts_within(pred & fov, gt & fov, int(np.count_nonzero(fov)))
+
+
+def _counts_within(pred: np.ndarray, gt: np.ndarray, total: int) -> tuple[int, int, int, int]:
+    """TP, FP, FN, TN of masks already cleared outside a region of ``total`` pixels."""
     tp = int(np.count_nonzero(pred & gt))
     n_pred = int(np.count_nonzero(pred))
     n_gt = int(np.count_nonzero(gt))
@@ -414,7 +415,9 @@ def compute_image_metrics(
     names = resolve_metric_names(metrics, prob is not None)
     wanted = set(names)
 
-    tp, fp, fn, tn = confusion_counts(pred, gt, fov)
+    # pred and gt are already cleared outside the FOV: only its size is still needed.
+    total = int(pred.size) if fov is None else int(np.count_nonzero(fov))
+    tp, fp, fn, tn = _counts_within(pred, gt, total)
     out: dict[str, float] = {"tp": tp, "fp": fp, "fn": fn, "tn": tn}
     if wanted & set(CONFUSION_METRICS):
         derived = confusion_metrics(tp, fp, fn, tn)
