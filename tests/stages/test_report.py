@@ -108,6 +108,14 @@ def test_explicit_evaluation_and_comparison(tmp_path: Path) -> None:
     assert len(list((tmp_path / "cmp" / "overlays").iterdir())) == 3
 
 
+def test_named_evaluation_leads_also_when_the_run_folder_holds_it(tmp_path: Path) -> None:
+    run = write_run_folder(tmp_path / "run", SyntheticRun(total_iters=100))  # holds run/eval
+    later = write_evaluation(run / "eval2")
+    result = stage.run(_settings(runs=[run], evaluations=[later], out=tmp_path / "out"))
+    evaluations = json.loads(result.report_json.read_text())["runs"][0]["evaluations"]
+    assert [Path(e["folder"]).name for e in evaluations] == ["eval2", "eval"]
+
+
 def test_truncated_running_run_still_reports(tmp_path: Path) -> None:
     run = write_run_folder(
         tmp_path / "run",

@@ -96,12 +96,14 @@ def run(settings: ReportSettings) -> ReportResult:
     _check_out_dir(out, settings)
     out.mkdir(parents=True, exist_ok=True)
 
-    # 2. Read every run; explicit evaluation folders are added to the ones found in run folders.
+    # 2. Read every run; an explicit evaluation folder comes first (the summary's headline),
+    #    before the others found in the run folder, also when that search found it too.
     runs = [read_run(path, exclude=out.resolve()) for path in settings.runs]
     for run_data, eval_dir in zip(runs, settings.evaluations, strict=False):
         evaluation: Evaluation = read_evaluation(eval_dir)
-        if all(e.folder.resolve() != evaluation.folder.resolve() for e in run_data.evaluations):
-            run_data.evaluations.insert(0, evaluation)
+        named = evaluation.folder.resolve()
+        others = [e for e in run_data.evaluations if e.folder.resolve() != named]
+        run_data.evaluations = [evaluation, *others]
     _unique_names(runs, settings.names)
 
     # 3. Numbers: summary, loss table, epochs, anomalies.
