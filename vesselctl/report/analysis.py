@@ -21,18 +21,7 @@ from typing import Any
 import numpy as np
 
 from vesselctl.report.logs import TrainingLog
-
-
-@dataclass
-class AnomalyRules:
-    """Thresholds of the anomaly checks (copied from the report settings)."""
-
-    spike_factor: float = 3.0
-    spike_window: int = 20
-    divergence_ratio: float = 0.5
-    stall_factor: float = 5.0
-    stall_min_seconds: float = 300.0
-    stuck_records: int = 20
+from vesselctl.settings.report import AnomalySettings
 
 
 @dataclass
@@ -376,7 +365,9 @@ def _runs_of(flags: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
 
 
-def _spikes(name: str, values: np.ndarray, steps: np.ndarray, rules: AnomalyRules) -> list[Anomaly]:
+def _spikes(
+    name: str, values: np.ndarray, steps: np.ndarray, rules: AnomalySettings
+) -> list[Anomaly]:
     window = rules.spike_window
     if values.size <= window:
         return []
@@ -415,11 +406,11 @@ def _spikes(name: str, values: np.ndarray, steps: np.ndarray, rules: AnomalyRule
 
 
 def find_anomalies(
-    log: TrainingLog, rules: AnomalyRules | None = None, ema_alpha: float = 0.9
+    log: TrainingLog, rules: AnomalySettings | None = None, ema_alpha: float = 0.9
 ) -> list[Anomaly]:
     """Non-finite values, spikes, divergence, stuck losses, slow steps, stalls, restarts,
     crashes, truncation and warnings; each with the step and a plain-language message."""
-    rules = rules or AnomalyRules()
+    rules = rules or AnomalySettings()
     found: list[Anomaly] = []
     steps = log.train.get("step", np.array([]))
     for name in [*log.loss_columns(), "grad_norm", "lr"]:

@@ -18,7 +18,6 @@ from vesselctl import __version__
 from vesselctl.errors import ReportError
 from vesselctl.files import atomic_write_bytes, atomic_write_json, atomic_write_text, run_provenance
 from vesselctl.report.analysis import (
-    AnomalyRules,
     epoch_table,
     find_anomalies,
     loss_table,
@@ -107,7 +106,6 @@ def run(settings: ReportSettings) -> ReportResult:
     _unique_names(runs, settings.names)
 
     # 3. Numbers: summary, loss table, epochs, anomalies.
-    rules = AnomalyRules(**settings.anomalies.model_dump())
     reports = [
         RunReport(
             data=r,
@@ -119,7 +117,7 @@ def run(settings: ReportSettings) -> ReportResult:
             ),
             losses=loss_table(r.log, settings.smoothing_window),
             epochs=epoch_table(r.log, settings.iters_per_epoch),
-            anomalies=find_anomalies(r.log, rules, settings.ema),
+            anomalies=find_anomalies(r.log, settings.anomalies, settings.ema),
         )
         for r in runs
     ]
