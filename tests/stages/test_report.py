@@ -116,6 +116,15 @@ def test_named_evaluation_leads_also_when_the_run_folder_holds_it(tmp_path: Path
     assert [Path(e["folder"]).name for e in evaluations] == ["eval2", "eval"]
 
 
+def test_overlays_of_two_evaluations_keep_their_own_files(tmp_path: Path) -> None:
+    run = write_run_folder(tmp_path / "run", SyntheticRun(total_iters=100))  # holds run/eval
+    write_evaluation(run / "eval2")  # the same overlay file names as run/eval
+    result = stage.run(_settings(runs=[run], out=tmp_path / "out"))
+    linked = re.findall(r"\]\((overlays/[^)]+)\)", result.report_md.read_text())
+    assert len(linked) == 4 and len(set(linked)) == 4
+    assert len(list((tmp_path / "out" / "overlays").iterdir())) == 4
+
+
 def test_truncated_running_run_still_reports(tmp_path: Path) -> None:
     run = write_run_folder(
         tmp_path / "run",

@@ -445,13 +445,12 @@ def _evaluation_blocks(report: RunReport, index: int) -> tuple[list[Block], list
         else:
             blocks.append(Paragraph("The summary holds no numbers this report can read."))
         blocks.extend(_comparison_blocks(evaluation.summary, ci_header))
-        for number, overlay in enumerate(evaluation.overlays):
-            image = _overlay_image(
-                overlay,
-                f"overlays/run{index}_{number:02d}_{overlay.name}",
-                evaluation.overlay_captions.get(overlay),
+        for overlay in evaluation.overlays:
+            # Numbered across the run's evaluations: theirs often share file names.
+            file_name = f"overlays/run{index}_{len(images):02d}_{overlay.name}"
+            images.append(
+                _overlay_image(overlay, file_name, evaluation.overlay_captions.get(overlay))
             )
-            images.append(image)
         if evaluation.overlays:
             blocks.append(Paragraph("Worst cases (overlays from the evaluation):"))
             blocks.extend(images[-len(evaluation.overlays) :])
