@@ -172,22 +172,15 @@ def skeleton(mask: np.ndarray) -> np.ndarray:
     return skeletonize(mask)
 
 
-def cldice_parts(
-    pred: np.ndarray,
-    gt: np.ndarray,
-    skel_pred: np.ndarray | None = None,
-    skel_gt: np.ndarray | None = None,
-) -> tuple[float, float, float]:
+def cldice_parts(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float, float]:
     """(Tprec, Tsens, clDice) of Shit et al. 2021, with ``EMPTY_POLICY``.
 
     Tprec = |S(P) & G| / |S(P)| (how much of the predicted centreline lies in true vessels),
     Tsens = |S(G) & P| / |S(G)| (how much of the true centreline the prediction covers), clDice
-    their harmonic mean. Skeletons may be passed in when the caller already has them.
+    their harmonic mean.
     """
-    if skel_pred is None:
-        skel_pred = skeleton(pred)
-    if skel_gt is None:
-        skel_gt = skeleton(gt)
+    skel_pred = skeleton(pred)
+    skel_gt = skeleton(gt)
     agree = bool(np.array_equal(pred, gt))
     tprec = _ratio(np.count_nonzero(skel_pred & gt), np.count_nonzero(skel_pred), agree)
     tsens = _ratio(np.count_nonzero(skel_gt & pred), np.count_nonzero(skel_gt), agree)
