@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -122,6 +123,7 @@ def main() -> int:
     )
 
     size_mib = log_path.stat().st_size / 2**20
+    shutil.rmtree(work)  # the logs and reports (tens of MiB at 100,000 lines) are not kept
     print(f"log: {total_lines} lines ({args.lines} train lines), {size_mib:.1f} MiB")
     load = os.getloadavg()[0]
     print(f"load average (1 min) at the end: {load:.2f} on {os.cpu_count()} cores")

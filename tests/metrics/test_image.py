@@ -14,6 +14,7 @@ from vesselctl.metrics.image import (
     confusion_counts,
     surface,
     surface_distances,
+    threshold_counts,
     threshold_probability,
 )
 
@@ -127,6 +128,21 @@ def test_threshold_rule_is_greater_or_equal_for_floats_and_levels() -> None:
     assert threshold_probability(levels, 0.5).tolist() == [[False, True, True]]
     levels16 = np.array([[32767, 32768]], np.uint16)
     assert threshold_probability(levels16, 0.5).tolist() == [[False, True]]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float64])
+@pytest.mark.parametrize("with_fov", [False, True])
+def test_threshold_counts_equal_thresholding_each_time(dtype, with_fov: bool) -> None:
+    rng = np.random.default_rng(3)
+    if dtype == np.float64:
+        prob = np.round(rng.random((30, 40)) * 20) / 20  # ties on the candidate thresholds
+    else:
+        prob = rng.integers(0, np.iinfo(dtype).max + 1, (30, 40)).astype(dtype)
+    gt = rng.random((30, 40)) < 0.3
+    fov = rng.random((30, 40)) < 0.7 if with_fov else None
+    thresholds = [round(0.05 * i, 2) for i in range(1, 20)] + [127 / 255, 128 / 255, 1.0]
+    expected = [confusion_counts(threshold_probability(prob, t), gt, fov) for t in thresholds]
+    assert threshold_counts(prob, gt, thresholds, fov) == expected
 
 
 def test_empty_policy_both_empty_is_perfect() -> None:

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from vesselctl.report.analysis import (
-    AnomalyRules,
     ema,
     epoch_table,
     find_anomalies,
@@ -18,6 +17,7 @@ from vesselctl.report.analysis import (
 )
 from vesselctl.report.logs import TrainingLog, read_log_file
 from vesselctl.report.synthetic import SyntheticRun, write_metrics_jsonl, write_mmengine_log
+from vesselctl.settings.report import AnomalySettings
 
 
 def _log(**columns: list[float]) -> TrainingLog:
@@ -113,7 +113,7 @@ def test_divergence_stuck_and_stall() -> None:
         timestamp=stamps,
         time_per_step_s=np.full(100, 10.0),
     )
-    found = find_anomalies(log, AnomalyRules(stuck_records=20), ema_alpha=0.5)
+    found = find_anomalies(log, AnomalySettings(stuck_records=20), ema_alpha=0.5)
     by_kind = {a.kind: a for a in found}
     assert by_kind["divergence"].message.startswith("loss (EMA) rose")
     assert "loss_dice stayed exactly 1 for 61 records (steps 40-100)" in by_kind["stuck"].message

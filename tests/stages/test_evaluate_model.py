@@ -157,6 +157,15 @@ def test_settings_refuse_mixed_inputs(flags: dict[str, object], message: str) ->
         load_settings(EvaluateSettings, None, [], flags)
 
 
+def test_out_inside_the_dataset_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    data = _with_test_split(tmp_path / "data")
+    model = tmp_path / "model"
+    model.mkdir()  # never loaded: the output folder is checked first
+    with pytest.raises(ConfigError, match="inside the --data folder"):
+        evaluate_model.run(_settings(model=model, data=data, out=data / "eval", split="test"))
+    assert not (data / "eval").exists()
+
+
 def test_cli_names_a_missing_checkpoint(tmp_path: Path) -> None:
     data = _with_test_split(tmp_path / "data")
     result = CliRunner().invoke(

@@ -108,6 +108,23 @@ def test_explicit_evaluation_and_comparison(tmp_path: Path) -> None:
     assert len(list((tmp_path / "cmp" / "overlays").iterdir())) == 3
 
 
+def test_named_evaluation_leads_also_when_the_run_folder_holds_it(tmp_path: Path) -> None:
+    run = write_run_folder(tmp_path / "run", SyntheticRun(total_iters=100))  # holds run/eval
+    later = write_evaluation(run / "eval2")
+    result = stage.run(_settings(runs=[run], evaluations=[later], out=tmp_path / "out"))
+    evaluations = json.loads(result.report_json.read_text())["runs"][0]["evaluations"]
+    assert [Path(e["folder"]).name for e in evaluations] == ["eval2", "eval"]
+
+
+def test_overlays_of_two_evaluations_keep_their_own_files(tmp_path: Path) -> None:
+    run = write_run_folder(tmp_path / "run", SyntheticRun(total_iters=100))  # holds run/eval
+    write_evaluation(run / "eval2")  # the same overlay file names as run/eval
+    result = stage.run(_settings(runs=[run], out=tmp_path / "out"))
+    linked = re.findall(r"\]\((overlays/[^)]+)\)", result.report_md.read_text())
+    assert len(linked) == 4 and len(set(linked)) == 4
+    assert len(list((tmp_path / "out" / "overlays").iterdir())) == 4
+
+
 def test_truncated_running_run_still_reports(tmp_path: Path) -> None:
     run = write_run_folder(
         tmp_path / "run",
@@ -123,6 +140,16 @@ def test_out_must_not_be_the_run_folder(tmp_path: Path) -> None:
     run = write_run_folder(tmp_path / "run", SyntheticRun(total_iters=100))
     with pytest.raises(ReportError, match="would overwrite that run's own files"):
         stage.run(_settings(runs=[run], out=run))
+
+
+def test_out_must_not_be_an_evaluation_folder(tmp_path: Path) -> None:
+    run = write_run_folder(tmp_path / "run", SyntheticRun(total_iters=100), with_evaluation=False)
+    evaluation = write_evaluation(tmp_path / "eval")
+    (evaluation / "result.json").write_text('{"from": "evaluate"}')
+    before = {p: p.read_bytes() for p in evaluation.rglob("*") if p.is_file()}
+    with pytest.raises(ReportError, match="would overwrite that evaluation's own files"):
+        stage.run(_settings(runs=[run], evaluations=[evaluation], out=evaluation))
+    assert {p: p.read_bytes() for p in evaluation.rglob("*") if p.is_file()} == before
 
 
 def test_settings_errors() -> None:

@@ -33,7 +33,7 @@ from vesselctl.metrics.image import (
     compute_image_metrics,
     confusion_counts,
     confusion_metrics,
-    threshold_probability,
+    threshold_counts,
 )
 from vesselctl.metrics.io import (
     MASK_SUFFIXES,
@@ -259,7 +259,7 @@ def resolve_workers(workers: int, n_items: int) -> int:
 def _start_method() -> str:
     """``fork`` when it is safe (Linux, one thread, no CUDA context), else forkserver or spawn.
 
-    fork starts workers in milliseconds with every module already imported and does not re-run
+    fork starts workers with every module already imported and does not re-run
     the caller's main script; it is unsafe once other threads or a CUDA context exist (e.g.
     ``evaluate --ckpt`` after running a model), where a clean forkserver/spawn child is used.
     Worker code uses numpy, scipy, scikit-image and PIL only: OpenCV's thread pool does not
@@ -422,10 +422,10 @@ def _sweep_case(args: tuple[CaseFiles, tuple[float, ...]]) -> dict[str, Any]:
         loaded = load_case(case, thresholds[0])
     except EvaluationError as exc:
         return {"id": case.id, "error": str(exc)}
-    counts = []
-    for t in thresholds:
-        pred = threshold_probability(loaded.prob, t) if loaded.prob is not None else loaded.pred
-        counts.append(confusion_counts(pred, loaded.gt, loaded.fov))
+    if loaded.prob is None:  # a binary mask scores the same at every threshold
+        counts = [confusion_counts(loaded.pred, loaded.gt, loaded.fov)] * len(thresholds)
+    else:
+        counts = threshold_counts(loaded.prob, loaded.gt, thresholds, loaded.fov)
     return {"id": case.id, "kind": loaded.kind, "counts": counts}
 
 

@@ -21,18 +21,7 @@ from typing import Any
 import numpy as np
 
 from vesselctl.report.logs import TrainingLog
-
-
-@dataclass
-class AnomalyRules:
-    """Thresholds of the anomaly checks (copied from the report settings)."""
-
-    spike_factor: float = 3.0
-    spike_window: int = 20
-    divergence_ratio: float = 0.5
-    stall_factor: float = 5.0
-    stall_min_seconds: float = 300.0
-    stuck_records: int = 20
+from vesselctl.settings.report import AnomalySettings
 
 
 @dataclass
@@ -97,8 +86,8 @@ def ema(values: np.ndarray, alpha: float) -> np.ndarray:
     """Bias-corrected exponential moving average over the finite entries (others stay NaN).
 
     ``alpha`` is the weight of the past (0 = no smoothing). Written with numpy in blocks rather
-    than scipy.signal.lfilter because importing scipy.signal alone costs about a second, more
-    than the whole report of a long log: inside a block of length k,
+    than scipy.signal.lfilter so a report does not import scipy.signal (a heavy import) for one
+    filter: inside a block of length k,
     ``s_j = a^(j+1) s_prev + (1-a) a^j cumsum(x_i a^-i)``, with k chosen so a^-k stays <= 1e10.
     """
     out = np.full(values.shape, np.nan)
@@ -189,15 +178,17 @@ def _wall_spans(log: TrainingLog) -> float | None:
     return total
 
 
-def _estimated_wall(log: TrainingLog) -> float | None:
-    """Seconds from the time per step integrated over the logged steps."""
+def _estimated_wall(log: TrainingLog, chosen: np.ndarray | None = None) -> float | None:
+    """Seconds from the time per step times the steps each record covers, summed over the
+    ``chosen`` records (default: all)."""
     times = log.train.get("time_per_step_s")
     if times is None or log.n_train == 0:
         return None
-    steps = log.train["step"]
-    deltas = np.diff(np.concatenate([[0.0], steps]))
-    mask = _finite(times) & (deltas > 0)
-    return float((times[mask] * deltas[mask]).sum()) if mask.any() else None
+    deltas = np.diff(np.concatenate([[0.0], log.train["step"]]))
+    usable = _finite(times) & (deltas > 0)
+    if chosen is not None:
+        usable &= chosen
+    return float((times[usable] * deltas[usable]).sum()) if usable.any() else None
 
 
 def epoch_table(
@@ -245,20 +236,14 @@ def epoch_table(
             chosen_stamps = stamps[chosen & _finite(stamps)]
             row["wall_time_s"] = float(chosen_stamps.max() - chosen_stamps.min())
         elif "time_per_step_s" in log.train:
-            # No timestamps: time per step times the steps each record covers.
-            deltas = np.diff(np.concatenate([[0.0], steps]))[chosen]
-            times = log.train["time_per_step_s"][chosen]
-            usable = _finite(times) & (deltas > 0)
-            row["wall_time_s"] = (
-                float((times[usable] * deltas[usable]).sum()) if usable.any() else None
-            )
+            row["wall_time_s"] = _estimated_wall(log, chosen)  # no timestamps
         if val_epochs is not None:
             in_epoch = np.flatnonzero(val_epochs == epoch)
             if in_epoch.size:
                 last = in_epoch[-1]
-                for name, values in log.val.items():
-                    if name not in ("step", "epoch", "attempt") and math.isfinite(values[last]):
-                        row[name] = float(values[last])
+                for name in log.val_metrics():
+                    if math.isfinite(log.val[name][last]):
+                        row[name] = float(log.val[name][last])
         rows.append(row)
     return rows
 
@@ -336,8 +321,9 @@ def run_summary(
     if eta is not None and _finite(eta).any():
         last_eta = float(eta[_finite(eta)][-1])
     val_best: dict[str, dict[str, float]] = {}
-    for name, values in log.val.items():
-        if name in ("step", "epoch", "attempt") or not _finite(values).any():
+    for name in log.val_metrics():
+        values = log.val[name]
+        if not _finite(values).any():
             continue
         finite = np.where(_finite(values), values, np.nan)
         best = int(np.nanargmax(finite) if higher_is_better(name) else np.nanargmin(finite))
@@ -379,7 +365,9 @@ def _runs_of(flags: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
 
 
-def _spikes(name: str, values: np.ndarray, steps: np.ndarray, rules: AnomalyRules) -> list[Anomaly]:
+def _spikes(
+    name: str, values: np.ndarray, steps: np.ndarray, rules: AnomalySettings
+) -> list[Anomaly]:
     window = rules.spike_window
     if values.size <= window:
         return []
@@ -418,11 +406,11 @@ def _spikes(name: str, values: np.ndarray, steps: np.ndarray, rules: AnomalyRule
 
 
 def find_anomalies(
-    log: TrainingLog, rules: AnomalyRules | None = None, ema_alpha: float = 0.9
+    log: TrainingLog, rules: AnomalySettings | None = None, ema_alpha: float = 0.9
 ) -> list[Anomaly]:
     """Non-finite values, spikes, divergence, stuck losses, slow steps, stalls, restarts,
     crashes, truncation and warnings; each with the step and a plain-language message."""
-    rules = rules or AnomalyRules()
+    rules = rules or AnomalySettings()
     found: list[Anomaly] = []
     steps = log.train.get("step", np.array([]))
     for name in [*log.loss_columns(), "grad_norm", "lr"]:
@@ -518,25 +506,25 @@ def find_anomalies(
                         step=int(steps[index]),
                     )
                 )
-    if log.val:
-        for name, values in log.val.items():
-            if name in ("step", "epoch", "attempt") or not higher_is_better(name):
-                continue
-            finite = values[_finite(values)]
-            if finite.size >= 3:
-                best = int(np.argmax(finite))
-                if best < finite.size - 1 and finite[best] - finite[-1] > 0.02:
-                    val_steps = log.val["step"][_finite(values)]
-                    found.append(
-                        Anomaly(
-                            "val_decline",
-                            "warning",
-                            f"validation {name} peaked at {finite[best]:.4g} (step "
-                            f"{int(val_steps[best])}) and ended at {finite[-1]:.4g}: use the best "
-                            "checkpoint, not the last; the model may be over-fitting",
-                            step=int(val_steps[best]),
-                        )
+    for name in log.val_metrics():
+        if not higher_is_better(name):
+            continue
+        values = log.val[name]
+        finite = values[_finite(values)]
+        if finite.size >= 3:
+            best = int(np.argmax(finite))
+            if best < finite.size - 1 and finite[best] - finite[-1] > 0.02:
+                val_steps = log.val["step"][_finite(values)]
+                found.append(
+                    Anomaly(
+                        "val_decline",
+                        "warning",
+                        f"validation {name} peaked at {finite[best]:.4g} (step "
+                        f"{int(val_steps[best])}) and ended at {finite[-1]:.4g}: use the best "
+                        "checkpoint, not the last; the model may be over-fitting",
+                        step=int(val_steps[best]),
                     )
+                )
     for event in log.events:
         if event.kind == "restart":
             found.append(Anomaly("restart", "warning", event.message, event.step, event.where()))

@@ -43,6 +43,12 @@ class RunReport:
     epochs: list[dict[str, Any]] | None
     anomalies: list[Anomaly]
 
+    def problem_counts(self) -> tuple[int, int]:
+        """How many anomalies are errors (problems) and how many are warnings."""
+        errors = sum(a.severity == "error" for a in self.anomalies)
+        warnings = sum(a.severity == "warning" for a in self.anomalies)
+        return errors, warnings
+
 
 def _fmt(value: float | None, digits: int = 4) -> str:
     if value is None:
@@ -64,11 +70,13 @@ def _pct(drop: float | None) -> str:
 
 def _size(num_bytes: int) -> str:
     size = float(num_bytes)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+    if size < 1024:
+        return f"{size:.0f} B"
+    for unit in ("KiB", "MiB", "GiB"):
         size /= 1024
-    return f"{size:.1f} TiB"
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+    return f"{size / 1024:.1f} TiB"
 
 
 def gpu_memory(run: RunData) -> float | None:
@@ -121,8 +129,7 @@ def _missing_notices(report: RunReport) -> list[Notice]:
     others = [m for m in run.missing if not m.startswith("training log lines")]
     if others:
         notices.append(Notice(f"{run.name}: not found: " + "; ".join(others) + ".", "info"))
-    errors = sum(1 for a in report.anomalies if a.severity == "error")
-    warnings = sum(1 for a in report.anomalies if a.severity == "warning")
+    errors, warnings = report.problem_counts()
     if errors or warnings:
         notices.append(
             Notice(
@@ -232,11 +239,7 @@ def _summary_table(reports: list[RunReport]) -> Table:
     )
     add(
         "anomalies (problems / warnings)",
-        [
-            f"{sum(a.severity == 'error' for a in r.anomalies)} / "
-            f"{sum(a.severity == 'warning' for a in r.anomalies)}"
-            for r in reports
-        ],
+        ["{} / {}".format(*r.problem_counts()) for r in reports],
     )
     return Table(headers, rows)
 
@@ -287,7 +290,7 @@ def _epoch_blocks(report: RunReport) -> list[Block]:
             )
         ]
     losses = [row.name for row in report.losses]
-    val_names = [k for k in report.data.log.val if k not in ("step", "epoch", "attempt")]
+    val_names = report.data.log.val_metrics()
     headers = ["epoch", "steps", "records"]
     headers += [f"{name} mean" for name in losses]
     if losses:
@@ -442,13 +445,12 @@ def _evaluation_blocks(report: RunReport, index: int) -> tuple[list[Block], list
         else:
             blocks.append(Paragraph("The summary holds no numbers this report can read."))
         blocks.extend(_comparison_blocks(evaluation.summary, ci_header))
-        for number, overlay in enumerate(evaluation.overlays):
-            image = _overlay_image(
-                overlay,
-                f"overlays/run{index}_{number:02d}_{overlay.name}",
-                evaluation.overlay_captions.get(overlay),
+        for overlay in evaluation.overlays:
+            # Numbered across the run's evaluations: theirs often share file names.
+            file_name = f"overlays/run{index}_{len(images):02d}_{overlay.name}"
+            images.append(
+                _overlay_image(overlay, file_name, evaluation.overlay_captions.get(overlay))
             )
-            images.append(image)
         if evaluation.overlays:
             blocks.append(Paragraph("Worst cases (overlays from the evaluation):"))
             blocks.extend(images[-len(evaluation.overlays) :])

@@ -10,7 +10,7 @@ Also read from text logs: the environment block and the config mmengine prints a
 
 Parsing is hand-written because no library reads these text logs (mmengine only writes them): a
 single pass with a cheap substring test per line, train lines split in C and converted per column
-at the end (about 1.2 s of CPU for 100,000 lines on the 2-core dev machine; see BENCHMARKS.md).
+at the end (1.27-1.28 s of CPU to parse 100,000 lines on the 2-core dev machine; BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -103,6 +103,10 @@ class TrainingLog:
     def columns(self) -> list[str]:
         """Train columns other than the bookkeeping ones, in first-seen order."""
         return [c for c in self.train if c not in ("step", "epoch", "timestamp", "attempt")]
+
+    def val_metrics(self) -> list[str]:
+        """Validation columns other than the bookkeeping ones, in first-seen order."""
+        return [c for c in self.val if c not in ("step", "epoch", "attempt")]
 
     def loss_columns(self) -> list[str]:
         """Columns that are losses: the total ``loss`` first, then components as logged."""
@@ -242,8 +246,8 @@ class _TrainLines:
 
     Per line only the key sequence (its layout) and the value strings are taken, with C-level
     string splitting; lines are grouped by layout and each group's columns are converted
-    in C (``map(float, ...)``, one regular expression for eta texts) at the end. This parses a
-    100,000-line log about three times faster than converting value by value in Python.
+    in C (``map(float, ...)``, one regular expression for eta texts) at the end, instead of
+    converting value by value in Python.
     """
 
     def __init__(self) -> None:
@@ -346,8 +350,8 @@ class _TrainLines:
             if not keys:
                 continue
             where = np.asarray(indices, dtype=np.int64)
-            # Transposing with zip and converting with map(float) runs in C and is several times
-            # faster than numpy's string-array astype.
+            # Transposing with zip and converting with map(float) runs in C, without building a
+            # numpy string array to astype.
             for key, texts in zip(keys, zip(*rows, strict=True), strict=True):
                 try:
                     values = np.fromiter(map(float, texts), dtype=float, count=len(texts))

@@ -3,7 +3,7 @@
 Every figure takes several runs and overlays them in one colour per run, so a single run and a
 comparison are drawn by the same code. Raw values are drawn thin and faint, the EMA solid; long
 logs are reduced to a min/max envelope per pixel column before drawing so spikes stay visible and
-100,000 points draw in milliseconds.
+long logs draw quickly.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ class Curve:
 
 
 def _figure(width: float, height: float):
-    """A matplotlib Figure drawn by the Agg canvas; pyplot (and its GUI backend machinery,
-    about a second to import) is not needed to write PNGs."""
+    """A matplotlib Figure drawn by the Agg canvas; pyplot (and the import of its GUI backend
+    machinery) is not needed to write PNGs."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -77,8 +77,8 @@ def _thin(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _png(fig) -> bytes:
     buffer = io.BytesIO()
-    # Light PNG compression: level 1 encodes several times faster than the default 6 for
-    # files about a third larger, which matters more for a report made on every check.
+    # Light PNG compression: level 1 encodes faster than the default 6 for somewhat larger
+    # files, which matters more for a report made on every check.
     fig.savefig(buffer, format="png", dpi=_DPI, pil_kwargs={"compress_level": 1})
     return buffer.getvalue()
 
@@ -167,7 +167,6 @@ def plot_series(
     title: str,
     smooth: float | None,
     ylabels: dict[str, str] | None = None,
-    log_y: Sequence[str] = (),
 ) -> bytes | None:
     """One subplot per column, every run overlaid; raw faint + EMA solid when ``smooth`` is set."""
     present = [c for c in columns if any(c in curve.log.train for curve in curves)]
@@ -181,23 +180,19 @@ def plot_series(
             if values is None or not np.isfinite(values).any():
                 continue
             steps = curve.log.train["step"]
+            xs, ys = envelope(steps, values)
             if smooth is not None:
-                xs, ys = envelope(steps, values)
                 axis.plot(xs, ys, color=colour, linewidth=0.8, alpha=0.45)
                 sx, sy = _thin(steps, ema(values, smooth))
                 axis.plot(sx, sy, color=colour, linewidth=1.6, label=curve.name)
             else:
-                xs, ys = envelope(steps, values)
                 axis.plot(xs, ys, color=colour, linewidth=1.2, label=curve.name)
             _mark_events(axis, curve, colour)
             _mark_nonfinite(axis, steps, curve.log.nonfinite(column))
         label = (ylabels or {}).get(column, column)
         axis.set_title(label, fontsize=10)
-        if column in log_y:
-            axis.set_yscale("log")
-        else:
-            axis.ticklabel_format(axis="y", useOffset=False)
-            _widen_flat_axis(axis, curves, column)
+        axis.ticklabel_format(axis="y", useOffset=False)
+        _widen_flat_axis(axis, curves, column)
     titled = len(curves) == 1 and len(present) > 1
     if titled:
         fig.suptitle(title, fontsize=11, x=0.01, ha="left")
@@ -209,9 +204,7 @@ def plot_validation(curves: Sequence[Curve]) -> bytes | None:
     """Validation metrics against the step, one subplot per metric."""
     names: list[str] = []
     for curve in curves:
-        for name in curve.log.val:
-            if name not in ("step", "epoch", "attempt") and name not in names:
-                names.append(name)
+        names += [name for name in curve.log.val_metrics() if name not in names]
     if not names:
         return None
     fig, axes = _grid(len(names))

@@ -31,16 +31,7 @@ METRIC_CHOICES = (
     "auc_roc",
     "auc_pr",
 )
-SWEEP_METRICS = (
-    "dice",
-    "iou",
-    "accuracy",
-    "sensitivity",
-    "specificity",
-    "precision",
-    "mcc",
-    "balanced_accuracy",
-)
+SWEEP_METRICS = METRIC_CHOICES[:8]  # the confusion metrics, the ones a sweep can compute
 Split = Literal["train", "val", "test"]
 
 

@@ -40,6 +40,7 @@ from vesselctl.metrics.image import (
     PROBABILITY_METRICS,
     SURFACE_CONNECTIVITY,
 )
+from vesselctl.metrics.overlays import LEGEND
 from vesselctl.settings.base import write_resolved_settings
 from vesselctl.settings.evaluate import EvaluateSettings
 
@@ -116,17 +117,9 @@ def _same_folder(a: Path | None, b: Path | None) -> bool:
     return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
 
 
-def _output_folder(settings: EvaluateSettings) -> Path:
-    """The output folder; it must not be (or sit inside) an input folder."""
-    pred = Path(settings.pred).resolve()  # type: ignore[arg-type]
-    out = Path(settings.out) if settings.out is not None else pred.parent / f"{pred.name}-eval"
-    inputs = {
-        "--pred": settings.pred,
-        "--gt": settings.gt,
-        "--fov": settings.fov,
-        "--compare": settings.compare,
-    }
-    resolved = out.resolve()
+def check_out_outside_inputs(out: Path, inputs: dict[str, Path | None]) -> None:
+    """Inputs are never written to: ``out`` must not be (or sit inside) any input folder."""
+    resolved = Path(out).resolve()
     for flag, folder in inputs.items():
         if folder is None:
             continue
@@ -136,6 +129,21 @@ def _output_folder(settings: EvaluateSettings) -> Path:
                 f"--out {out} is inside the {flag} folder {folder}; inputs are never written to, "
                 "choose another output folder"
             )
+
+
+def _output_folder(settings: EvaluateSettings) -> Path:
+    """The output folder; it must not be (or sit inside) an input folder."""
+    pred = Path(settings.pred).resolve()  # type: ignore[arg-type]
+    out = Path(settings.out) if settings.out is not None else pred.parent / f"{pred.name}-eval"
+    check_out_outside_inputs(
+        out,
+        {
+            "--pred": settings.pred,
+            "--gt": settings.gt,
+            "--fov": settings.fov,
+            "--compare": settings.compare,
+        },
+    )
     return out
 
 
@@ -362,7 +370,7 @@ def run(
         "bootstrap": summary_stats["bootstrap"],
         "compare": comparison,
         "overlays": {
-            "legend": {"tp": "green", "fp": "red", "fn": "blue"},
+            "legend": LEGEND,
             "rank_by": settings.overlays.rank_by,
             **overlays,
         },

@@ -132,8 +132,12 @@ def run(
                 "or prepare the dataset with a non-zero share for it"
             )
 
-    # 2. The results folder.
+    # 2. The results folder; refused here, before the model runs, if the evaluate stage would
+    #    refuse it (inside an input folder).
     out = Path(settings.out) if settings.out is not None else default_out(source, settings.split)
+    evaluate_stage.check_out_outside_inputs(
+        out, {"--data": dataset, "--fov": settings.fov, "--compare": settings.compare}
+    )
     _prepare_out(out, settings.overwrite)
 
     # 3. The model: a training checkpoint is converted (and verified) once, into OUT/model;

@@ -18,7 +18,6 @@ from vesselctl import __version__
 from vesselctl.errors import ReportError
 from vesselctl.files import atomic_write_bytes, atomic_write_json, atomic_write_text, run_provenance
 from vesselctl.report.analysis import (
-    AnomalyRules,
     epoch_table,
     find_anomalies,
     loss_table,
@@ -64,23 +63,26 @@ def _unique_names(runs: list[RunData], names: list[str]) -> None:
             run.name = f"{run.name} ({count + 1})"
 
 
-def _check_out_dir(out: Path, inputs: list[Path]) -> None:
-    """Refuse to write into a folder being reported: its settings.yaml and result.json would be
-    overwritten by the report's own."""
+def _check_out_dir(out: Path, settings: ReportSettings) -> None:
+    """Refuse to write into a folder being reported (a run's or an evaluation's): its
+    settings.yaml, result.json and run_info.json would be overwritten by the report's own, and a
+    re-run would delete the evaluation's overlay PNGs as stale report images."""
     out_resolved = out.resolve()
-    for item in inputs:
+    inputs = [(item, "run") for item in settings.runs]
+    inputs += [(item, "evaluation") for item in settings.evaluations]
+    for item, what in inputs:
         folder = item.resolve() if item.is_dir() else item.resolve().parent
         if out_resolved == folder:
             raise ReportError(
                 f"--out {out} is the folder of the input {item}; the report would overwrite that "
-                f"run's own files. Choose another folder, e.g. --out {out / 'report'}"
+                f"{what}'s own files. Choose another folder, e.g. --out {out / 'report'}"
             )
 
 
 def run(settings: ReportSettings) -> ReportResult:
     """Read the runs, compute, plot, render and write the report into ``settings.out``."""
     # 1. The output folder must not be one of the inputs (the report writes settings.yaml,
-    #    result.json and run_info.json, which a run folder already has).
+    #    result.json and run_info.json, which run and evaluation folders already have).
     if settings.out is None:
         raise ReportError("no output folder: pass --out DIR")
     out = Path(settings.out)
@@ -90,19 +92,20 @@ def run(settings: ReportSettings) -> ReportResult:
                 f"{item}: no such file or folder; pass a vesselctl run folder, an mmengine "
                 "work_dir, a training log file or an evaluation folder"
             )
-    _check_out_dir(out, settings.runs)
+    _check_out_dir(out, settings)
     out.mkdir(parents=True, exist_ok=True)
 
-    # 2. Read every run; explicit evaluation folders are added to the ones found in run folders.
+    # 2. Read every run; an explicit evaluation folder comes first (the summary's headline),
+    #    before the others found in the run folder, also when that search found it too.
     runs = [read_run(path, exclude=out.resolve()) for path in settings.runs]
     for run_data, eval_dir in zip(runs, settings.evaluations, strict=False):
         evaluation: Evaluation = read_evaluation(eval_dir)
-        if all(e.folder.resolve() != evaluation.folder.resolve() for e in run_data.evaluations):
-            run_data.evaluations.insert(0, evaluation)
+        named = evaluation.folder.resolve()
+        others = [e for e in run_data.evaluations if e.folder.resolve() != named]
+        run_data.evaluations = [evaluation, *others]
     _unique_names(runs, settings.names)
 
     # 3. Numbers: summary, loss table, epochs, anomalies.
-    rules = AnomalyRules(**settings.anomalies.model_dump())
     reports = [
         RunReport(
             data=r,
@@ -114,7 +117,7 @@ def run(settings: ReportSettings) -> ReportResult:
             ),
             losses=loss_table(r.log, settings.smoothing_window),
             epochs=epoch_table(r.log, settings.iters_per_epoch),
-            anomalies=find_anomalies(r.log, rules, settings.ema),
+            anomalies=find_anomalies(r.log, settings.anomalies, settings.ema),
         )
         for r in runs
     ]
@@ -159,34 +162,25 @@ def run(settings: ReportSettings) -> ReportResult:
         report_html=report_html,
         report_json=report_json,
         plots=[out / image.file_name for image in plot_images],
-        runs=[
-            {
-                "name": r.data.name,
-                "status": r.summary.status,
-                "steps_done": r.summary.steps_done,
-                "max_steps": r.summary.max_steps,
-                "final_loss": r.losses[0].last if r.losses else None,
-                "problems": sum(a.severity == "error" for a in r.anomalies),
-                "warnings": sum(a.severity == "warning" for a in r.anomalies),
-                "evaluations": len(r.data.evaluations),
-            }
-            for r in reports
-        ],
+        runs=[_headline(r) for r in reports],
         missing=missing,
     )
-    atomic_write_json(out / "result.json", to_jsonable(_result_dict(result)))
+    atomic_write_json(out / "result.json", to_jsonable(result))
     return result
 
 
-def _result_dict(result: ReportResult) -> dict[str, Any]:
+def _headline(report: RunReport) -> dict[str, Any]:
+    """One run's row of result.json and of the command's summary table."""
+    problems, warnings = report.problem_counts()
     return {
-        "out_dir": str(result.out_dir),
-        "report_md": str(result.report_md),
-        "report_html": str(result.report_html),
-        "report_json": str(result.report_json),
-        "plots": [str(p) for p in result.plots],
-        "runs": result.runs,
-        "missing": result.missing,
+        "name": report.data.name,
+        "status": report.summary.status,
+        "steps_done": report.summary.steps_done,
+        "max_steps": report.summary.max_steps,
+        "final_loss": report.losses[0].last if report.losses else None,
+        "problems": problems,
+        "warnings": warnings,
+        "evaluations": len(report.data.evaluations),
     }
 
 
