@@ -6,8 +6,10 @@ run never leaves a half-written file that looks complete.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import os
 import platform
 import subprocess
@@ -16,7 +18,7 @@ import tempfile
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from importlib import metadata
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 # The process umask, read once (os.umask can only be read by setting it).
@@ -140,3 +142,21 @@ def run_provenance(include_gpus: bool = False) -> dict[str, Any]:
     if include_gpus:
         info["gpus"] = gpu_summary()
     return info
+
+
+def to_jsonable(value: Any) -> Any:
+    """Dataclasses, paths and numpy scalars -> plain JSON types; NaN/inf -> None, so what the
+    stages write is strict JSON."""
+    if hasattr(value, "__dataclass_fields__"):
+        return to_jsonable(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, PurePath):
+        return str(value)
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):  # numpy scalar, no import
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

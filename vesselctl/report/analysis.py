@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import asdict, dataclass, field
-from pathlib import PurePath
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -566,20 +565,3 @@ def format_duration(seconds: float | None) -> str:
     minutes, secs = divmod(rest, 60)
     text = f"{hours:02d}:{minutes:02d}:{secs:02d}"
     return f"{days}d {text}" if days else text
-
-
-def to_jsonable(value: Any) -> Any:
-    """Dataclasses and numpy values -> plain JSON types; non-finite floats -> None."""
-    if hasattr(value, "__dataclass_fields__"):
-        return to_jsonable(asdict(value))
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, PurePath):
-        return str(value)
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

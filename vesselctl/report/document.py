@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from vesselctl import __version__
+from vesselctl.files import to_jsonable
 from vesselctl.report.analysis import (
     Anomaly,
     LossRow,
     RunSummary,
     format_duration,
-    to_jsonable,
 )
 from vesselctl.report.render import (
     Block,

@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 
 from vesselctl.errors import ConfigError, EvaluationError
-from vesselctl.files import atomic_write_json, atomic_write_text, package_versions, run_provenance
+from vesselctl.files import (
+    atomic_write_json,
+    atomic_write_text,
+    package_versions,
+    run_provenance,
+    to_jsonable,
+)
 from vesselctl.metrics.aggregate import aggregate, paired_difference
 from vesselctl.metrics.evaluation import (
     CaseFiles,
@@ -98,19 +104,6 @@ class EvaluateResult:
             "compared": self.compare is not None,
             "overlays": self.overlays,
         }
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN/inf become null so summary.json is strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        return _json_safe(value.item())
-    return value
 
 
 def _same_folder(a: Path | None, b: Path | None) -> bool:
@@ -380,7 +373,7 @@ def run(
         "settings": settings.model_dump(mode="json"),
         "versions": {**package_versions(), **package_versions(METRIC_PACKAGES)},
     }
-    atomic_write_json(out_dir / SUMMARY_NAME, _json_safe(summary))
+    atomic_write_json(out_dir / SUMMARY_NAME, to_jsonable(summary))
     result = EvaluateResult(
         out_dir=out_dir,
         n_images=len(rows),
@@ -393,5 +386,5 @@ def run(
         compare=comparison,
         overlays=[o["file"] for group in overlays.values() for o in group],
     )
-    atomic_write_json(out_dir / RESULT_NAME, _json_safe(result.to_json()))
+    atomic_write_json(out_dir / RESULT_NAME, to_jsonable(result.to_json()))
     return result

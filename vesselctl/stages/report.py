@@ -16,13 +16,18 @@ from typing import Any
 
 from vesselctl import __version__
 from vesselctl.errors import ReportError
-from vesselctl.files import atomic_write_bytes, atomic_write_json, atomic_write_text, run_provenance
+from vesselctl.files import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    run_provenance,
+    to_jsonable,
+)
 from vesselctl.report.analysis import (
     epoch_table,
     find_anomalies,
     loss_table,
     run_summary,
-    to_jsonable,
 )
 from vesselctl.report.document import (
     RunReport,
