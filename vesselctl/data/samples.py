@@ -14,7 +14,7 @@ import multiprocessing.context
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,17 +107,18 @@ def flush_to_disk(paths: Iterable[Path]) -> None:
             os.fsync(handle.fileno())
 
 
-def worker_context() -> multiprocessing.context.BaseContext:
-    """Process start method for prepare's workers.
+def worker_context(preload: Sequence[str] = ()) -> multiprocessing.context.BaseContext:
+    """Process start method for the worker pools of prepare and validate.
 
-    forkserver: workers fork from a server process that imported numpy/OpenCV/this module once
-    (a fraction of spawn's start-up per worker) and it is safe where plain fork is not (the
-    parent runs a progress-bar thread). Windows has only spawn.
+    forkserver: workers fork from a server process that imported numpy/OpenCV/this module (and
+    the modules in ``preload``) once, a fraction of spawn's start-up per worker, and it is safe
+    where plain fork is not (the parent runs a progress-bar thread and OpenCV's thread pool).
+    Windows has only spawn.
     """
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__, "cv2", "shapely"])
+    context.set_forkserver_preload([__name__, "cv2", "shapely", *preload])
     return context
 
 

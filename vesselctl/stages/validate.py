@@ -233,31 +233,19 @@ def _map_files(
             if progress:
                 progress(done, total)
         return
-    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    # forkserver: workers fork from a clean server process that imported the heavy modules
-    # once (about half of spawn's start-up, and safe where fork is not: the parent may run a
-    # progress-bar thread and OpenCV's thread pool).
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__, "cv2", "shapely", "skimage.morphology"])
-    else:  # pragma: no cover - Windows has spawn only
-        context = multiprocessing.get_context("spawn")
+    from vesselctl.data.samples import init_worker, worker_context
+
     chunksize = max(1, min(32, total // (workers * 8)))
+    context = worker_context([__name__, "skimage.morphology"])
     with ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=_worker_init
+        max_workers=workers, mp_context=context, initializer=init_worker
     ) as pool:
         for done, outcome in enumerate(pool.map(_check_one, items, chunksize=chunksize), 1):
             yield outcome
             if progress:
                 progress(done, total)
-
-
-def _worker_init() -> None:
-    import cv2
-
-    cv2.setNumThreads(1)  # parallelism comes from the worker processes
 
 
 def _check_one(item: tuple[ValidateSettings, Kind, Any, bool]) -> FileOutcome:
