@@ -124,7 +124,7 @@ class _Spans:
             self.ends.append(row_base + ends[keep])
 
     def add_rings(self, rings: Sequence[np.ndarray]) -> None:
-        """Rings filled together by the even-odd rule (one shape)."""
+        """Rings filled together by the even-odd rule (one shape; rings inside rings are holes)."""
         group = self.next_group
         self.next_group += 1
         for ring in rings:
@@ -134,16 +134,13 @@ class _Spans:
                 self.rings.append(ring)
                 self.ring_groups.append(group)
 
-    def _rasterise_rings(self) -> None:
-        _rasterise_runs([self])
-
     def covered_box(self) -> tuple[int, int, np.ndarray] | None:
         """``(top, left, block)``: the covered pixels inside the bounding box of the run's spans.
 
         ``block`` is boolean; pixel masks (mask shapes) are not included (see ``coverage``).
         Working on the box only keeps small shapes (holes) cheap on large images.
         """
-        self._rasterise_rings()
+        _rasterise_runs([self])
         if not self.starts:
             return None
         starts = np.concatenate(self.starts)
@@ -177,7 +174,7 @@ class _Spans:
         the number of covered pixels, the running sum of ``covered_box`` the area of the box,
         which is most of the image for holes scattered over it.
         """
-        self._rasterise_rings()
+        _rasterise_runs([self])
         if not self.starts or not mask.flags.c_contiguous:
             return not self.starts
         starts = np.concatenate(self.starts)
@@ -292,11 +289,6 @@ def _edge_crossings(
     return rows, xs, groups[edge]
 
 
-def add_even_odd_rings(spans: _Spans, rings: Sequence[np.ndarray]) -> None:
-    """Fill ``rings`` together with the even-odd rule (rings inside rings become holes)."""
-    spans.add_rings(rings)
-
-
 def add_ellipse(spans: _Spans, cx: float, cy: float, rx: float, ry: float) -> None:
     """Closed elliptical disc: pixels whose centre satisfies ((x-cx)/rx)^2 + ((y-cy)/ry)^2 <= 1."""
     if rx <= 0 or ry <= 0:
@@ -395,7 +387,7 @@ def add_shape(
     if kind == "rectangle":
         (xa, ya), (xb, yb) = points[0], points[1]
         corners = np.array([[xa, ya], [xb, ya], [xb, yb], [xa, yb]]) * scale
-        add_even_odd_rings(spans, [corners])
+        spans.add_rings([corners])
     elif kind == "circle":
         (cx, cy), (px, py) = points[0], points[1]
         radius = math.hypot(px - cx, py - cy)
@@ -407,7 +399,7 @@ def add_shape(
     elif kind in ("line", "linestrip"):
         if options.line_width > 0:
             rings = _line_rings([tuple(p) for p in points], options.line_width)
-            add_even_odd_rings(spans, [ring * scale for ring in rings])
+            spans.add_rings([ring * scale for ring in rings])
     elif kind == "mask":
         pixels = decode_mask_shape(shape, name)
         left, top = math.floor(points[0][0]), math.floor(points[0][1])
@@ -479,7 +471,7 @@ def rasterize_shape(
 def fill_rings(rings: Sequence[np.ndarray], height: int, width: int) -> np.ndarray:
     """Even-odd fill of rings given in output pixel coordinates (for round-trip checks)."""
     spans = _Spans(height, width)
-    add_even_odd_rings(spans, rings)
+    spans.add_rings(rings)
     return spans.coverage()
 
 

@@ -143,14 +143,6 @@ def _output_size(config: SampleConfig, in_h: int, in_w: int) -> tuple[int, int]:
     return config.height, config.width
 
 
-def _polygons(mask: np.ndarray) -> list[np.ndarray]:
-    """Flat COCO polygons of the mask, holes joined by zero-width bridges (see masks.py).
-
-    Coordinates are exact quarter pixels ((i + 0.5) / 2 on the doubled grid).
-    """
-    return mask_to_keyhole_polygons(mask)
-
-
 def sa2va_entry_text(image_name: str, segments: list[Any], phrase: str) -> str:
     """One entry of Sa2VA's annotations.json: all segments form one object (the vessels).
 
@@ -177,7 +169,7 @@ def _write_outputs(
     result.info["vessel_fraction"] = round(vessel_pixels / mask.size, 6)
     segments: list[Any]
     if config.sa2va_masks == "polygons":
-        segments = _polygons(mask)
+        segments = mask_to_keyhole_polygons(mask)
         result.info["polygon_points"] = sum(len(p) // 2 for p in segments)
     else:
         rle = mask_to_coco_rle(mask)
@@ -232,6 +224,18 @@ def _output_image_png(
     return encode_png(image, config.png_mode, "image")
 
 
+def _size_info(image: _SourceImage, out_h: int, out_w: int) -> dict[str, Any]:
+    """The manifest's record of the source image and its scale to the output (both inputs)."""
+    return {
+        "orig_height": image.height,
+        "orig_width": image.width,
+        "orig_dtype": image.dtype,
+        "channels": image.channels,
+        "scale_y": out_h / image.height,
+        "scale_x": out_w / image.width,
+    }
+
+
 def _prepare_labelme(item: SourceItem, config: SampleConfig, result: SampleResult) -> None:
     name = item.relative
     document, problems = parse_labelme(item.annotation, name)
@@ -269,12 +273,7 @@ def _prepare_labelme(item: SourceItem, config: SampleConfig, result: SampleResul
     result.info.update(
         {
             "image_source": "embedded" if source.kind == "embedded" else "file",
-            "orig_height": in_h,
-            "orig_width": in_w,
-            "orig_dtype": image.dtype,
-            "channels": image.channels,
-            "scale_y": scale_y,
-            "scale_x": scale_x,
+            **_size_info(image, out_h, out_w),
             "shape_counts": dict(sorted(Counter(s.shape_type for s in document.shapes).items())),
             "label_counts": dict(sorted(Counter(s.label for s in document.shapes).items())),
         }
@@ -320,12 +319,7 @@ def _prepare_mask_pair(item: SourceItem, config: SampleConfig, result: SampleRes
         {
             "image_source": "file",
             "mask_source": item.annotation.name,
-            "orig_height": in_h,
-            "orig_width": in_w,
-            "orig_dtype": image.dtype,
-            "channels": image.channels,
-            "scale_y": out_h / in_h,
-            "scale_x": out_w / in_w,
+            **_size_info(image, out_h, out_w),
             "shape_counts": {},
             "label_counts": {},
         }
