@@ -159,7 +159,7 @@ def check_shapes_geometry(
     when 0 <= x <= width and 0 <= y <= height, widened by ``bounds_tolerance`` pixels.
 
     All shapes of a file are checked in one vectorised pass (annotations converted from masks
-    carry ~10,000 points per file; a Python loop per point or per shape would dominate).
+    carry thousands of points per file; a Python loop per point or per shape would dominate).
     """
     arrays = [(s, s.array()) for s in shapes]
     arrays = [(s, a) for s, a in arrays if len(a)]

@@ -157,7 +157,7 @@ class _Spans:
         # f - r * slots = c, so it is f + r * (stride - slots) - top * stride - left; an end
         # lies in its start's row.
         shift = rows * (stride - slots) - (top * stride + left)
-        # Typed scalars: with a Python int, ufunc.at takes a casting path ~30x slower.
+        # Typed scalars: with a Python int, ufunc.at takes a much slower casting path.
         np.add.at(delta, starts + shift, np.int32(1))
         np.add.at(delta, ends + shift, np.int32(-1))
         # Every row's +1/-1 marks cancel within the row (each span ends in the row it starts
@@ -497,8 +497,8 @@ def double_mask(binary: np.ndarray) -> np.ndarray:
     """Each pixel of a uint8 (H, W) mask as a 2x2 block: (2H, 2W), exact duplication.
 
     Multiplying by 257 writes every byte twice in a uint16 (whatever the byte order), so the
-    columns are doubled by a view; rows by one broadcast copy. About 5x faster than
-    cv2.resize(INTER_NEAREST_EXACT), which took a third of the Sa2VA polygon time.
+    columns are doubled by a view; rows by one broadcast copy, instead of
+    cv2.resize(INTER_NEAREST_EXACT).
     """
     height, width = binary.shape
     wide = (binary.astype(np.uint16) * np.uint16(257)).view(np.uint8)  # (H, 2W)
@@ -514,7 +514,7 @@ def mask_to_regions(mask: np.ndarray, tolerance: float = 0.0, nesting: bool = Tr
     inside the boundary between a vessel pixel and a background pixel: each vessel pixel centre
     is inside its outline, each background centre outside, so the round trip is exact.
     ``tolerance`` (output pixels) simplifies the outlines with Douglas-Peucker (cv2.approxPolyDP);
-    up to about 0.2 the round trip stays exact in practice, larger values shave thin vessels.
+    0 keeps the round trip exact; larger values may shave thin vessels.
     ``nesting=False`` skips the full nesting tree (islands inside holes come back as depth-0
     regions): enough when regions are OR-ed together rather than painted in order, and faster.
     """
@@ -622,13 +622,14 @@ def mask_to_coco_rle(mask: np.ndarray) -> dict[str, Any]:
     ``counts`` are the lengths of alternating runs of background and foreground pixels in
     column-major order, starting with background (a mask whose first pixel is foreground
     starts with a 0), as pycocotools' ``frPyObjects`` reads it; an int64 array (orjson writes
-    it directly). Exact by construction, and about 5x cheaper than tracing polygons.
+    it directly). Exact by construction, and cheaper than tracing polygons (BENCHMARKS.md:
+    0.20 ms against 2.25 ms per 512x512 synthetic image).
     """
     import cv2
 
     height, width = mask.shape
     binary = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
-    # Column-major order; cv2.transpose is about 3x faster than numpy's transposed copy.
+    # Column-major order; cv2.transpose rather than numpy's transposed copy (faster).
     flat = (cv2.transpose(binary) if binary.size else binary.T).reshape(-1)
     changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
     counts = np.diff(changes, prepend=0, append=flat.size)

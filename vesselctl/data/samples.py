@@ -148,8 +148,8 @@ def sa2va_entry_text(image_name: str, segments: list[Any], phrase: str) -> str:
 
     A segment is a flat polygon (numpy array) or a COCO RLE dict (see masks.mask_to_coco_rle);
     the official loader decodes each with pycocotools ``frPyObjects([segment], h, w)`` and adds
-    them up. orjson writes the numpy arrays directly, about 3x faster than ``json`` with the
-    numbers converted one by one (thousands per image).
+    them up. orjson writes the numpy arrays directly, faster than ``json`` with the numbers
+    converted one by one (thousands per image).
     """
     entry = {"image": image_name, "mask": [segments], "text": [phrase]}
     return orjson.dumps(entry, option=orjson.OPT_SERIALIZE_NUMPY).decode()
@@ -211,8 +211,9 @@ def _output_image_png(
     """The output image's PNG bytes.
 
     A plain PNG already at the output size is copied (in ``fast`` mode): it is lossless and
-    the same pixels as a decode + re-encode, for about 0.1 ms of CRC checks instead of about
-    4 ms (512x512). Otherwise the pixels are decoded, made 8-bit, resized and encoded.
+    the same pixels as a decode + re-encode, for 0.11 ms of reading and CRC checks instead of
+    the I/O floor's 3.6-3.8 ms of CPU per 512x512 image (BENCHMARKS.md). Otherwise the pixels
+    are decoded, made 8-bit, resized and encoded.
     """
     same_size = (source.height, source.width) == (out_h, out_w)
     if source.pixels is None and same_size and config.png_mode == "fast":
@@ -332,7 +333,8 @@ def prepare_sample(item: SourceItem, config: SampleConfig) -> SampleResult:
     result = SampleResult(id=item.id, relative=item.relative)
     result.info["source"] = item.relative
     # A LabelMe file becomes thousands of small lists that only reference counting frees;
-    # the cyclic garbage collector would scan them again and again (about 10 % of the work).
+    # the cyclic garbage collector would scan them again and again (BENCHMARKS.md: read +
+    # parse JSON 1.28 -> 0.32 ms per file with it off).
     collecting = gc.isenabled()
     gc.disable()
     try:
