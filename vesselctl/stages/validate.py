@@ -160,14 +160,14 @@ def run(settings: ValidateSettings, progress: Progress | None = None) -> Validat
 
 def _find_files(settings: ValidateSettings, root: Path) -> tuple[Kind, list[Any]]:
     """The kind of dataset at ``root`` and one task per file to check, in a stable order."""
-    from vesselctl.data.labelme import find_labelme_files
+    from vesselctl.data.labelme import labelme_files_with_relatives
     from vesselctl.data.sources import IMAGE_SUFFIXES, find_mask_folder_sources
 
     if is_prepared_dataset(root):
         return "prepared", list(read_manifest(root))
-    labelme = find_labelme_files(root)
+    labelme = [relative for relative, _ in labelme_files_with_relatives(root)]
     if labelme:
-        return "labelme", [p.relative_to(root).as_posix() for p in labelme]
+        return "labelme", labelme
     if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in root.rglob("*") if p.is_file()):
         raise DatasetError(
             f"{root}: no LabelMe *.json, no manifest.jsonl and no images found; point validate "
@@ -184,9 +184,12 @@ def _find_files(settings: ValidateSettings, root: Path) -> tuple[Kind, list[Any]
     ]
 
 
+_CHECK_ORDER = {check: position for position, check in enumerate(CHECKS)}
+
+
 def _problem_order(problem: Problem) -> tuple[str, int, int]:
     shape = -1 if problem.shape is None else problem.shape
-    return problem.file, shape, list(CHECKS).index(problem.check)
+    return problem.file, shape, _CHECK_ORDER[problem.check]
 
 
 def _validation_json(result: ValidateResult, settings: ValidateSettings) -> dict[str, Any]:
