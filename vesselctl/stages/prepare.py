@@ -38,9 +38,9 @@ from vesselctl.data.samples import (
 )
 from vesselctl.data.sources import (
     SourceItem,
-    detect_input_format,
     find_labelme_sources,
     find_mask_folder_sources,
+    require_images,
 )
 from vesselctl.data.splits import (
     SPLITS_NAME,
@@ -194,7 +194,7 @@ def _find_sources(settings: PrepareSettings, input_dir: Path) -> tuple[str, list
         if input_format == "labelme":
             raise DatasetError(f"{input_dir}: no LabelMe .json files found (searched recursively)")
         # auto without any JSON: an image + mask folder, or an error saying what is missing.
-        detect_input_format(input_dir, folders.images_dir, folders.masks_dir)
+        require_images(input_dir, folders.images_dir, folders.masks_dir)
     items = find_mask_folder_sources(
         input_dir, folders.images_dir, folders.masks_dir, folders.mask_suffix
     )
