@@ -282,21 +282,15 @@ def _zero_area_reason(shape_type: str, points: np.ndarray, signed_area: float) -
     return None
 
 
-def _pocket_pixels(ring: np.ndarray, image_size: tuple[int, int] | None) -> int:
-    """Pixels (centres inside the image) that ``ring`` winds around an even, non-zero number of
-    times: inside the outline, yet left empty by the even-odd fill the rasteriser uses."""
-    starts = np.zeros(1, dtype=np.int64)
-    counts = np.array([len(ring)], dtype=np.int64)
-    return int(_pocket_pixels_rings(np.asarray(ring, np.float64), starts, counts, image_size)[0])
-
-
 def _pocket_pixels_rings(
     points: np.ndarray,
     starts: np.ndarray,
     counts: np.ndarray,
     image_size: tuple[int, int] | None,
 ) -> np.ndarray:
-    """``_pocket_pixels`` of many rings at once (ring i is points[starts[i]:starts[i]+counts[i]]).
+    """Per ring, the pixels (centres inside the image) it winds around an even, non-zero number
+    of times: inside the outline, yet left empty by the even-odd fill the rasteriser uses. Ring
+    i is ``points[starts[i]:starts[i]+counts[i]]``.
 
     Scanline over pixel-centre rows with the rasteriser's half-open edge rule; the winding
     number between two crossings of a row is the running sum of edge directions. Crossings are
