@@ -204,10 +204,16 @@ def read_splits(path: Path) -> StoredSplit:
             raise DatasetError(
                 f"{path}: split '{split}' is unknown or not a list; expected {', '.join(SPLITS)}"
             )
-        for item_id in ids:
+        for raw_id in ids:
+            if not isinstance(raw_id, str | int) or isinstance(raw_id, bool):
+                raise DatasetError(
+                    f"{path}: split '{split}' holds {raw_id!r}; expected image ids as text; "
+                    "delete the file or set split.reuse=false"
+                )
+            item_id = str(raw_id)
             if item_id in assignment:
                 raise DatasetError(f"{path}: id '{item_id}' is in two splits; fix or delete it")
-            assignment[str(item_id)] = split
+            assignment[item_id] = split
     groups = data.get("groups") if isinstance(data.get("groups"), dict) else {}
     settings = data.get("settings") if isinstance(data.get("settings"), dict) else {}
     return StoredSplit(assignment, {str(k): str(v) for k, v in groups.items()}, settings)
