@@ -19,6 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -275,12 +276,9 @@ def _process(
     return results
 
 
+@contextmanager
 def _progress(enabled: bool, total: int) -> Iterator[Callable[[SampleResult], None]]:
-    """Yields one callback advancing a rich progress bar (a no-op when disabled).
-
-    A generator so the bar's ``with`` block stays open while the caller works and closes when
-    the caller closes the generator.
-    """
+    """A callback advancing a rich progress bar while the block runs (a no-op when disabled)."""
     if not enabled:
         yield lambda _result: None
         return
@@ -355,12 +353,8 @@ def run(settings: PrepareSettings) -> PrepareResult:
     )
     workers = settings.workers or os.cpu_count() or 1
     workers = max(1, min(workers, len(items)))
-    progress = _progress(settings.progress, len(items))
-    on_result = next(progress)
-    try:
+    with _progress(settings.progress, len(items)) as on_result:
         results = _process(items, config, workers, on_result)
-    finally:
-        progress.close()
     timings["process_s"] = time.perf_counter() - started - sum(timings.values())
 
     bad = [r for r in results if not r.ok]
@@ -394,7 +388,7 @@ def run(settings: PrepareSettings) -> PrepareResult:
     split_history = {
         "source": plan.source,
         "reused": plan.reused,
-        "added": plan.added if previous else [],
+        "added": plan.added,
         "removed_since_previous": plan.removed,
     }
 
