@@ -24,13 +24,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from vesselctl.data.labelme import LabelmeProblem, LabelmeShape
+from vesselctl.data.labelme import LabelmeProblem, LabelmeShape, Severity
 from vesselctl.data.manifest import ManifestRecord
 from vesselctl.data.masks import LabelRoles, RasterOptions
 from vesselctl.errors import DatasetError
 from vesselctl.files import sha256_bytes
-
-Severity = Literal["error", "warning"]
 
 
 @dataclass(frozen=True)
