@@ -10,7 +10,6 @@ reliably for every format. Output is always PNG (lossless).
 
 from __future__ import annotations
 
-import functools
 import io
 import struct
 import threading
@@ -28,7 +27,6 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_IMAGE_PIXELS = 40_000 * 40_000
 
 
-@functools.cache
 def _cv2() -> ModuleType | None:
     """OpenCV when it can be imported, else None.
 
