@@ -95,12 +95,12 @@ def fresh_split(
     targets = target_counts(len(groups), val, test)
     filled = dict.fromkeys(SPLITS, 0)
     assignment: dict[str, str] = {}
+
+    def shortfall(split: str) -> float:
+        return (targets[split] - filled[split]) / max(targets[split], 1)
+
     for position in order:
         key = keys[int(position)]
-
-        def shortfall(split: str) -> float:
-            return (targets[split] - filled[split]) / max(targets[split], 1)
-
         # Ties go to the smaller splits first (val, test), so they are not starved.
         best = max(("val", "test", "train"), key=shortfall)
         if targets[best] == 0 and any(targets[s] > 0 for s in SPLITS):
@@ -128,10 +128,10 @@ def plan_split(
     for item_id, split in previous.items():
         key = previous_groups.get(item_id, item_id)
         group_split.setdefault(key, split)
-    targets = target_counts(max(len(groups), 1), val, test) if groups else None
-    total = max(len(groups), 1)
-    p_test = targets["test"] / total if targets else 0.0
-    p_val = targets["val"] / total if targets else 0.0
+    p_test = p_val = 0.0  # chances of a new group, from the configured shares
+    if groups:
+        targets = target_counts(len(groups), val, test)
+        p_test, p_val = targets["test"] / len(groups), targets["val"] / len(groups)
     assignment: dict[str, str] = {}
     added: list[str] = []
     reused = 0
