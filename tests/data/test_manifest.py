@@ -62,6 +62,8 @@ def test_bad_records(tmp_path: Path, mutate, message: str) -> None:
         (json.dumps({**_record(0, "train"), "height": None}), r":1: height None is not"),
         (json.dumps({**_record(0, "train"), "width": "wide"}), r":1: width 'wide' is not"),
         (json.dumps({**_record(0, "train"), "id": ["img0"]}), r":1: id \['img0'\] is not"),
+        (json.dumps({**_record(0, "train"), "image": 3}), r":1: image 3 is not"),
+        (json.dumps({**_record(0, "train"), "mask": {}}), r":1: mask \{\} is not"),
     ],
 )
 def test_records_of_wrong_type_are_clear_errors(tmp_path: Path, line: str, message: str) -> None:

@@ -103,10 +103,12 @@ def read_manifest(dataset_dir: Path, split: str | None = None) -> list[ManifestR
 
 
 def _check_types(data: dict[str, Any], path: Path, line_no: int) -> None:
-    """DatasetError unless the id is text and the sizes are whole numbers (not a traceback)."""
-    problems = []
-    if not isinstance(data["id"], str):
-        problems.append(f"id {data['id']!r} is not text")
+    """DatasetError unless id, paths and phrase are text and the sizes whole numbers."""
+    problems = [
+        f"{key} {data[key]!r} is not text"
+        for key in ("id", "image", "mask", "phrase")
+        if not isinstance(data[key], str) and not (key == "mask" and data[key] is None)
+    ]
     for key in ("height", "width"):
         value = data[key]
         whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
