@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -114,7 +114,6 @@ class PrepareResult:
     split_history: dict[str, Any]
     elapsed_s: float
     images_per_s: float
-    report: dict[str, Any] = field(repr=False, default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -506,5 +505,4 @@ def run(settings: PrepareSettings) -> PrepareResult:
         split_history=split_history,
         elapsed_s=elapsed,
         images_per_s=len(results) / elapsed if elapsed > 0 else 0.0,
-        report=report,
     )
