@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 from vesselctl.data.manifest import MANIFEST_NAME, SPLITS, ManifestRecord
-from vesselctl.data.masks import LabelRoles, RasterOptions
 from vesselctl.data.samples import (
     SampleConfig,
     SampleResult,
@@ -339,12 +338,8 @@ def run(settings: PrepareSettings) -> PrepareResult:
         out_dir=out_dir,
         height=settings.resize.height,
         width=settings.resize.width,
-        roles=LabelRoles(
-            frozenset(settings.labels.vessel),
-            frozenset(settings.labels.hole),
-            frozenset(settings.labels.ignore),
-        ),
-        raster=RasterOptions(settings.raster.line_width, settings.raster.point_radius),
+        roles=settings.labels.roles(),
+        raster=settings.raster.options(),
         png_mode=settings.resize.png,
         phrase=settings.prompt.phrase,
         allowed_roots=(input_dir.resolve(),),

@@ -22,7 +22,6 @@ import numpy as np
 from vesselctl.data import checks
 from vesselctl.data.checks import CHECKS, HashedImage, Problem
 from vesselctl.data.manifest import SPLITS, ManifestRecord, is_prepared_dataset, read_manifest
-from vesselctl.data.masks import LabelRoles, RasterOptions
 from vesselctl.data.stats import ImageStats, image_stats, summarise
 from vesselctl.errors import DatasetError
 from vesselctl.files import atomic_write_bytes, atomic_write_json, run_provenance
@@ -281,8 +280,8 @@ def _check_one(item: tuple[ValidateSettings, Kind, Any, bool]) -> FileOutcome:
         labelme = checks.check_labelme_file(
             root,
             file,
-            _label_roles(settings),
-            _raster_options(settings),
+            settings.labels.roles(),
+            settings.raster.options(),
             settings.checks.tiny_mask_pixels,
             settings.checks.bounds_tolerance,
             settings.checks.report_twists,
@@ -321,15 +320,6 @@ def _counts(value: Any) -> dict[str, int]:
     if not isinstance(value, dict):
         return {}
     return {str(k): int(v) for k, v in value.items() if isinstance(v, int)}
-
-
-def _label_roles(settings: ValidateSettings) -> LabelRoles:
-    labels = settings.labels
-    return LabelRoles(frozenset(labels.vessel), frozenset(labels.hole), frozenset(labels.ignore))
-
-
-def _raster_options(settings: ValidateSettings) -> RasterOptions:
-    return RasterOptions(settings.raster.line_width, settings.raster.point_radius)
 
 
 # Overlay colours (RGB): vessel fill and the mask outline.
