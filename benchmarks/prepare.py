@@ -39,7 +39,7 @@ import orjson
 
 from vesselctl.data.images import decode_image_bytes, encode_png, plain_png
 from vesselctl.data.labelme import parse_labelme_data, resolve_image_source
-from vesselctl.data.masks import LabelRoles, mask_to_coco_rle, rasterize_shapes
+from vesselctl.data.masks import mask_to_coco_rle, rasterize_shapes
 from vesselctl.data.samples import (
     flush_to_disk,
     init_worker,
@@ -49,7 +49,7 @@ from vesselctl.data.samples import (
 )
 from vesselctl.data.synthetic import write_labelme_dataset
 from vesselctl.files import sha256_bytes
-from vesselctl.settings.prepare import PrepareSettings
+from vesselctl.settings.prepare import LabelSettings, PrepareSettings
 from vesselctl.stages import prepare as prepare_stage
 
 
@@ -170,7 +170,7 @@ def breakdown(labelme_dir: Path, root: Path, count: int) -> dict[str, float]:
     during a sample, plain PNGs at the output size copied, Sa2VA masks as RLE); the floor's
     own decode and encode of the same image are timed too, for comparison.
     """
-    roles = LabelRoles(frozenset({"vessel"}), frozenset({"hole"}))
+    roles = LabelSettings().roles()  # the default label map
     out = root / "breakdown"
     out.mkdir()
     parts: dict[str, float] = {}

@@ -71,11 +71,12 @@ def breakdown(folder: Path, sample: int) -> dict[str, float]:
     from vesselctl.data.checks import check_shapes_geometry, pixel_digest
     from vesselctl.data.images import read_image
     from vesselctl.data.labelme import find_labelme_files, parse_labelme
-    from vesselctl.data.masks import LabelRoles, rasterize_shapes
+    from vesselctl.data.masks import rasterize_shapes
     from vesselctl.data.stats import image_stats
+    from vesselctl.settings.prepare import LabelSettings
 
     files = find_labelme_files(folder)[:sample]
-    roles = LabelRoles(frozenset({"vessel"}), frozenset({"hole"}))
+    roles = LabelSettings().roles()  # the default label map
     parts: dict[str, float] = {}
 
     def timed(name: str, func):

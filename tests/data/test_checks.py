@@ -543,8 +543,12 @@ def test_inputs_are_not_modified(tmp_path: Path) -> None:
 def test_pockets_are_exactly_the_doubly_wound_pixels(radii: list[float], centre: tuple) -> None:
     """A star-shaped (simple) ring leaves no pocket; the same ring walked twice leaves every
     pixel it encloses empty under the even-odd rule, which the rasteriser confirms."""
-    from vesselctl.data.checks import _pocket_pixels, _pocket_pixels_rings
+    from vesselctl.data.checks import _pocket_pixels_rings
     from vesselctl.data.masks import fill_rings
+
+    def _pocket_pixels(ring: np.ndarray, image_size: tuple[int, int]) -> int:
+        starts, counts = np.zeros(1, dtype=np.int64), np.array([len(ring)], dtype=np.int64)
+        return int(_pocket_pixels_rings(ring, starts, counts, image_size)[0])
 
     angles = np.linspace(0, 2 * np.pi, len(radii), endpoint=False)
     ring = np.stack(

@@ -54,6 +54,25 @@ def test_bad_records(tmp_path: Path, mutate, message: str) -> None:
         read_manifest(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("5", r"manifest.jsonl:1: a JSON int, not a record"),
+        ('["img0", "train"]', r"manifest.jsonl:1: a JSON list, not a record"),
+        (json.dumps({**_record(0, "train"), "height": None}), r":1: height None is not"),
+        (json.dumps({**_record(0, "train"), "width": "wide"}), r":1: width 'wide' is not"),
+        (json.dumps({**_record(0, "train"), "id": ["img0"]}), r":1: id \['img0'\] is not"),
+        (json.dumps({**_record(0, "train"), "image": 3}), r":1: image 3 is not"),
+        (json.dumps({**_record(0, "train"), "mask": {}}), r":1: mask \{\} is not"),
+    ],
+)
+def test_records_of_wrong_type_are_clear_errors(tmp_path: Path, line: str, message: str) -> None:
+    """A hand-edited manifest gives a DatasetError naming the line, not a Python traceback."""
+    (tmp_path / "manifest.jsonl").write_text(line + "\n")
+    with pytest.raises(DatasetError, match=message):
+        read_manifest(tmp_path)
+
+
 def test_duplicate_ids(tmp_path: Path) -> None:
     text = json.dumps(_record(0, "train")) + "\n"
     (tmp_path / "manifest.jsonl").write_text(text + text)

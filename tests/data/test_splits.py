@@ -100,3 +100,11 @@ def test_broken_splits_file_names_the_fix(tmp_path):
     path.write_text("{not json")
     with pytest.raises(DatasetError, match=r"split.reuse=false"):
         read_splits(path)
+
+
+def test_splits_file_with_non_text_ids_is_a_clear_error(tmp_path):
+    """A hand-edited splits.json with a list as an id: DatasetError, not a TypeError."""
+    path = tmp_path / "splits.json"
+    path.write_text('{"splits": {"train": ["a", ["b"]]}}')
+    with pytest.raises(DatasetError, match=r"splits.json: split 'train' holds \['b'\]"):
+        read_splits(path)

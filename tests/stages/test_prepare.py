@@ -236,6 +236,15 @@ def test_hostile_image_path_cannot_escape(tmp_path):
     assert [s["source"] for s in report["skipped"]] == ["P001_img0001.json", "sub/evil.json"]
 
 
+def test_input_without_json_or_images_is_refused_before_output_is_made(tmp_path):
+    src = tmp_path / "empty"
+    src.mkdir()
+    (src / "notes.txt").write_text("not data")
+    with pytest.raises(DatasetError, match=r"no LabelMe JSON files and no images"):
+        prepare.run(settings(src, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
 def test_refuses_non_empty_output_and_foreign_files(labelme_dir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()

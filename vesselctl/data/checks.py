@@ -24,13 +24,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from vesselctl.data.labelme import LabelmeProblem, LabelmeShape
+from vesselctl.data.labelme import LabelmeProblem, LabelmeShape, Severity
 from vesselctl.data.manifest import ManifestRecord
 from vesselctl.data.masks import LabelRoles, RasterOptions
 from vesselctl.errors import DatasetError
 from vesselctl.files import sha256_bytes
-
-Severity = Literal["error", "warning"]
 
 
 @dataclass(frozen=True)
@@ -159,7 +157,7 @@ def check_shapes_geometry(
     when 0 <= x <= width and 0 <= y <= height, widened by ``bounds_tolerance`` pixels.
 
     All shapes of a file are checked in one vectorised pass (annotations converted from masks
-    carry ~10,000 points per file; a Python loop per point or per shape would dominate).
+    carry thousands of points per file; a Python loop per point or per shape would dominate).
     """
     arrays = [(s, s.array()) for s in shapes]
     arrays = [(s, a) for s, a in arrays if len(a)]
@@ -282,21 +280,15 @@ def _zero_area_reason(shape_type: str, points: np.ndarray, signed_area: float) -
     return None
 
 
-def _pocket_pixels(ring: np.ndarray, image_size: tuple[int, int] | None) -> int:
-    """Pixels (centres inside the image) that ``ring`` winds around an even, non-zero number of
-    times: inside the outline, yet left empty by the even-odd fill the rasteriser uses."""
-    starts = np.zeros(1, dtype=np.int64)
-    counts = np.array([len(ring)], dtype=np.int64)
-    return int(_pocket_pixels_rings(np.asarray(ring, np.float64), starts, counts, image_size)[0])
-
-
 def _pocket_pixels_rings(
     points: np.ndarray,
     starts: np.ndarray,
     counts: np.ndarray,
     image_size: tuple[int, int] | None,
 ) -> np.ndarray:
-    """``_pocket_pixels`` of many rings at once (ring i is points[starts[i]:starts[i]+counts[i]]).
+    """Per ring, the pixels (centres inside the image) it winds around an even, non-zero number
+    of times: inside the outline, yet left empty by the even-odd fill the rasteriser uses. Ring
+    i is ``points[starts[i]:starts[i]+counts[i]]``.
 
     Scanline over pixel-centre rows with the rasteriser's half-open edge rule; the winding
     number between two crossings of a row is the running sum of edge directions. Crossings are

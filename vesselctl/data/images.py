@@ -4,13 +4,12 @@ Arrays are numpy ``uint8`` or ``uint16``: ``(H, W)`` for grayscale, ``(H, W, 3)`
 colour. Alpha is dropped, palettes expanded. EXIF orientation is applied, as LabelMe does when it
 shows an image, so annotation coordinates line up with the pixels returned here.
 
-OpenCV decodes PNG (about 2x faster than Pillow); Pillow decodes everything else because it reads
-EXIF reliably for every format. Output is always PNG (lossless).
+OpenCV decodes PNG (faster than Pillow); Pillow decodes everything else because it reads EXIF
+reliably for every format. Output is always PNG (lossless).
 """
 
 from __future__ import annotations
 
-import functools
 import io
 import struct
 import threading
@@ -28,7 +27,6 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_IMAGE_PIXELS = 40_000 * 40_000
 
 
-@functools.cache
 def _cv2() -> ModuleType | None:
     """OpenCV when it can be imported, else None.
 
@@ -91,7 +89,7 @@ def plain_png(data: bytes) -> PlainPng | None:
     error). Copying such a file is lossless: it decodes to exactly the pixels a decode +
     re-encode would write, with no metadata to drop. What the CRCs cannot show is a deflate
     stream that an encoder got wrong before computing them; checking that means inflating every
-    IDAT (about 70 % of a full decode), which is what this shortcut saves.
+    IDAT (most of a full decode), which is what this shortcut saves.
     """
     size = len(data)
     if size < 57 or not data.startswith(_PNG_SIGNATURE):  # signature + IHDR + IDAT + IEND
@@ -252,10 +250,9 @@ def resize_image(array: np.ndarray, height: int, width: int) -> np.ndarray:
 def _png_params(cv2: ModuleType, kind: str, mode: str) -> list[int]:
     """OpenCV PNG writer parameters.
 
-    ``fast`` (default): images use the Up filter with Huffman-only zlib (about 3x faster than
-    OpenCV's default at zlib level 1 and a little smaller on noisy angiograms; Paeth was 60 %
-    slower for 0.7 % fewer bytes); binary masks use no filter with run-length zlib (long runs
-    of 0 and 255). ``small``: zlib level 9 with adaptive filters.
+    ``fast`` (default): images use the Up filter with Huffman-only zlib (faster than OpenCV's
+    default at zlib level 1; Paeth was slower for few bytes saved); binary masks use no filter
+    with run-length zlib (long runs of 0 and 255). ``small``: zlib level 9 with adaptive filters.
     Both are lossless; the mode only trades time for bytes.
     """
     if mode == "small":

@@ -427,7 +427,7 @@ def parse_labelme(
             )
         ]
     try:
-        # orjson: about 3x faster than json on coordinate-heavy files, same results for the
+        # orjson: faster than json on coordinate-heavy files, same results for the
         # JSON LabelMe writes (it also rejects NaN/Infinity, which are not JSON).
         data = orjson.loads(text)
     except orjson.JSONDecodeError as exc:

@@ -71,6 +71,11 @@ def read_manifest(dataset_dir: Path, split: str | None = None) -> list[ManifestR
                 raise DatasetError(
                     f"{path}:{line_no}: not valid JSON ({exc.msg}); re-run `vesselctl prepare`"
                 ) from exc
+            if not isinstance(data, dict):
+                raise DatasetError(
+                    f"{path}:{line_no}: a JSON {type(data).__name__}, not a record (a JSON "
+                    "object per line); re-run `vesselctl prepare`"
+                )
             missing = [k for k in _REQUIRED if k not in data]
             if missing:
                 raise DatasetError(
@@ -81,6 +86,7 @@ def read_manifest(dataset_dir: Path, split: str | None = None) -> list[ManifestR
                 raise DatasetError(
                     f"{path}:{line_no}: split '{data['split']}' is not one of {', '.join(SPLITS)}"
                 )
+            _check_types(data, path, line_no)
             if data["id"] in seen:
                 raise DatasetError(f"{path}:{line_no}: id '{data['id']}' appears twice")
             seen.add(data["id"])
@@ -94,3 +100,19 @@ def read_manifest(dataset_dir: Path, split: str | None = None) -> list[ManifestR
             if split is None or record.split == split:
                 records.append(record)
     return records
+
+
+def _check_types(data: dict[str, Any], path: Path, line_no: int) -> None:
+    """DatasetError unless id, paths and phrase are text and the sizes whole numbers."""
+    problems = [
+        f"{key} {data[key]!r} is not text"
+        for key in ("id", "image", "mask", "phrase")
+        if not isinstance(data[key], str) and not (key == "mask" and data[key] is None)
+    ]
+    for key in ("height", "width"):
+        value = data[key]
+        whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        if isinstance(value, bool) or not whole:
+            problems.append(f"{key} {value!r} is not a whole number of pixels")
+    if problems:
+        raise DatasetError(f"{path}:{line_no}: {'; '.join(problems)}; re-run `vesselctl prepare`")

@@ -14,7 +14,7 @@ import multiprocessing.context
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,17 +107,18 @@ def flush_to_disk(paths: Iterable[Path]) -> None:
             os.fsync(handle.fileno())
 
 
-def worker_context() -> multiprocessing.context.BaseContext:
-    """Process start method for prepare's workers.
+def worker_context(preload: Sequence[str] = ()) -> multiprocessing.context.BaseContext:
+    """Process start method for the worker pools of prepare and validate.
 
-    forkserver: workers fork from a server process that imported numpy/OpenCV/this module once
-    (a fraction of spawn's start-up per worker) and it is safe where plain fork is not (the
-    parent runs a progress-bar thread). Windows has only spawn.
+    forkserver: workers fork from a server process that imported numpy/OpenCV/this module (and
+    the modules in ``preload``) once, a fraction of spawn's start-up per worker, and it is safe
+    where plain fork is not (the parent runs a progress-bar thread and OpenCV's thread pool).
+    Windows has only spawn.
     """
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__, "cv2", "shapely"])
+    context.set_forkserver_preload([__name__, "cv2", "shapely", *preload])
     return context
 
 
@@ -142,21 +143,13 @@ def _output_size(config: SampleConfig, in_h: int, in_w: int) -> tuple[int, int]:
     return config.height, config.width
 
 
-def _polygons(mask: np.ndarray) -> list[np.ndarray]:
-    """Flat COCO polygons of the mask, holes joined by zero-width bridges (see masks.py).
-
-    Coordinates are exact quarter pixels ((i + 0.5) / 2 on the doubled grid).
-    """
-    return mask_to_keyhole_polygons(mask)
-
-
 def sa2va_entry_text(image_name: str, segments: list[Any], phrase: str) -> str:
     """One entry of Sa2VA's annotations.json: all segments form one object (the vessels).
 
     A segment is a flat polygon (numpy array) or a COCO RLE dict (see masks.mask_to_coco_rle);
     the official loader decodes each with pycocotools ``frPyObjects([segment], h, w)`` and adds
-    them up. orjson writes the numpy arrays directly, about 3x faster than ``json`` with the
-    numbers converted one by one (thousands per image).
+    them up. orjson writes the numpy arrays directly, faster than ``json`` with the numbers
+    converted one by one (thousands per image).
     """
     entry = {"image": image_name, "mask": [segments], "text": [phrase]}
     return orjson.dumps(entry, option=orjson.OPT_SERIALIZE_NUMPY).decode()
@@ -176,7 +169,7 @@ def _write_outputs(
     result.info["vessel_fraction"] = round(vessel_pixels / mask.size, 6)
     segments: list[Any]
     if config.sa2va_masks == "polygons":
-        segments = _polygons(mask)
+        segments = mask_to_keyhole_polygons(mask)
         result.info["polygon_points"] = sum(len(p) // 2 for p in segments)
     else:
         rle = mask_to_coco_rle(mask)
@@ -218,8 +211,9 @@ def _output_image_png(
     """The output image's PNG bytes.
 
     A plain PNG already at the output size is copied (in ``fast`` mode): it is lossless and
-    the same pixels as a decode + re-encode, for about 0.1 ms of CRC checks instead of about
-    4 ms (512x512). Otherwise the pixels are decoded, made 8-bit, resized and encoded.
+    the same pixels as a decode + re-encode, for 0.11 ms of reading and CRC checks instead of
+    the I/O floor's 3.6-3.8 ms of CPU per 512x512 image (BENCHMARKS.md). Otherwise the pixels
+    are decoded, made 8-bit, resized and encoded.
     """
     same_size = (source.height, source.width) == (out_h, out_w)
     if source.pixels is None and same_size and config.png_mode == "fast":
@@ -229,6 +223,18 @@ def _output_image_png(
         pixels = decode_image_bytes(source.data, name)
     image = resize_image(to_uint8(pixels), out_h, out_w)
     return encode_png(image, config.png_mode, "image")
+
+
+def _size_info(image: _SourceImage, out_h: int, out_w: int) -> dict[str, Any]:
+    """The manifest's record of the source image and its scale to the output (both inputs)."""
+    return {
+        "orig_height": image.height,
+        "orig_width": image.width,
+        "orig_dtype": image.dtype,
+        "channels": image.channels,
+        "scale_y": out_h / image.height,
+        "scale_x": out_w / image.width,
+    }
 
 
 def _prepare_labelme(item: SourceItem, config: SampleConfig, result: SampleResult) -> None:
@@ -268,12 +274,7 @@ def _prepare_labelme(item: SourceItem, config: SampleConfig, result: SampleResul
     result.info.update(
         {
             "image_source": "embedded" if source.kind == "embedded" else "file",
-            "orig_height": in_h,
-            "orig_width": in_w,
-            "orig_dtype": image.dtype,
-            "channels": image.channels,
-            "scale_y": scale_y,
-            "scale_x": scale_x,
+            **_size_info(image, out_h, out_w),
             "shape_counts": dict(sorted(Counter(s.shape_type for s in document.shapes).items())),
             "label_counts": dict(sorted(Counter(s.label for s in document.shapes).items())),
         }
@@ -319,12 +320,7 @@ def _prepare_mask_pair(item: SourceItem, config: SampleConfig, result: SampleRes
         {
             "image_source": "file",
             "mask_source": item.annotation.name,
-            "orig_height": in_h,
-            "orig_width": in_w,
-            "orig_dtype": image.dtype,
-            "channels": image.channels,
-            "scale_y": out_h / in_h,
-            "scale_x": out_w / in_w,
+            **_size_info(image, out_h, out_w),
             "shape_counts": {},
             "label_counts": {},
         }
@@ -337,7 +333,8 @@ def prepare_sample(item: SourceItem, config: SampleConfig) -> SampleResult:
     result = SampleResult(id=item.id, relative=item.relative)
     result.info["source"] = item.relative
     # A LabelMe file becomes thousands of small lists that only reference counting frees;
-    # the cyclic garbage collector would scan them again and again (about 10 % of the work).
+    # the cyclic garbage collector would scan them again and again (BENCHMARKS.md: read +
+    # parse JSON 1.28 -> 0.32 ms per file with it off).
     collecting = gc.isenabled()
     gc.disable()
     try:

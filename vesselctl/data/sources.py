@@ -156,10 +156,17 @@ def detect_input_format(root: Path, images_dir: str = "images", masks_dir: str =
     root = Path(root)
     if find_labelme_files(root):
         return "labelme"
+    require_images(root, images_dir, masks_dir)
+    return "mask_folder"
+
+
+def require_images(root: Path, images_dir: str = "images", masks_dir: str = "masks") -> None:
+    """DatasetError unless ``root`` has images/ + masks/ sub-folders or any image file."""
+    root = Path(root)
     if (root / images_dir).is_dir() and (root / masks_dir).is_dir():
-        return "mask_folder"
+        return
     if _images_in(root):
-        return "mask_folder"
+        return
     raise DatasetError(
         f"{root}: found no LabelMe JSON files and no images; point prepare at the folder that "
         "holds the annotations"

@@ -95,12 +95,12 @@ def fresh_split(
     targets = target_counts(len(groups), val, test)
     filled = dict.fromkeys(SPLITS, 0)
     assignment: dict[str, str] = {}
+
+    def shortfall(split: str) -> float:
+        return (targets[split] - filled[split]) / max(targets[split], 1)
+
     for position in order:
         key = keys[int(position)]
-
-        def shortfall(split: str) -> float:
-            return (targets[split] - filled[split]) / max(targets[split], 1)
-
         # Ties go to the smaller splits first (val, test), so they are not starved.
         best = max(("val", "test", "train"), key=shortfall)
         if targets[best] == 0 and any(targets[s] > 0 for s in SPLITS):
@@ -128,10 +128,10 @@ def plan_split(
     for item_id, split in previous.items():
         key = previous_groups.get(item_id, item_id)
         group_split.setdefault(key, split)
-    targets = target_counts(max(len(groups), 1), val, test) if groups else None
-    total = max(len(groups), 1)
-    p_test = targets["test"] / total if targets else 0.0
-    p_val = targets["val"] / total if targets else 0.0
+    p_test = p_val = 0.0  # chances of a new group, from the configured shares
+    if groups:
+        targets = target_counts(len(groups), val, test)
+        p_test, p_val = targets["test"] / len(groups), targets["val"] / len(groups)
     assignment: dict[str, str] = {}
     added: list[str] = []
     reused = 0
@@ -204,10 +204,16 @@ def read_splits(path: Path) -> StoredSplit:
             raise DatasetError(
                 f"{path}: split '{split}' is unknown or not a list; expected {', '.join(SPLITS)}"
             )
-        for item_id in ids:
+        for raw_id in ids:
+            if not isinstance(raw_id, str | int) or isinstance(raw_id, bool):
+                raise DatasetError(
+                    f"{path}: split '{split}' holds {raw_id!r}; expected image ids as text; "
+                    "delete the file or set split.reuse=false"
+                )
+            item_id = str(raw_id)
             if item_id in assignment:
                 raise DatasetError(f"{path}: id '{item_id}' is in two splits; fix or delete it")
-            assignment[str(item_id)] = split
+            assignment[item_id] = split
     groups = data.get("groups") if isinstance(data.get("groups"), dict) else {}
     settings = data.get("settings") if isinstance(data.get("settings"), dict) else {}
     return StoredSplit(assignment, {str(k): str(v) for k, v in groups.items()}, settings)

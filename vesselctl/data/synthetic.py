@@ -3,8 +3,7 @@
 Public vessel datasets (DRIVE and friends) may not be redistributed, so tests, benchmarks and the
 quickstart use these: dark, branching, tapering vessel trees that cross each other, plus closed
 loops, on a noisy, vignetted background. The mask is exactly what was drawn, so conversions can
-be checked against it. Everything is deterministic in ``seed`` (and the sample index), and a
-512x512 sample takes a few milliseconds.
+be checked against it. Everything is deterministic in ``seed`` (and the sample index).
 
 LabelMe form: one JSON per image, file names ``P<patient>_img<index>.json`` (so a group pattern
 ``^(P\\d+)_`` keeps patients together); vessel outlines are ``vessel`` polygons and the gaps

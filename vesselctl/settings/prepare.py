@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from vesselctl.settings.base import Section
+
+if TYPE_CHECKING:
+    from vesselctl.data.masks import LabelRoles, RasterOptions
 
 
 class LabelSettings(Section):
@@ -43,6 +46,12 @@ class LabelSettings(Section):
                 seen[label] = group
         return self
 
+    def roles(self) -> LabelRoles:
+        """The label map as the rasteriser takes it; prepare and validate both use this."""
+        from vesselctl.data.masks import LabelRoles  # numpy: kept off the --help path
+
+        return LabelRoles(frozenset(self.vessel), frozenset(self.hole), frozenset(self.ignore))
+
 
 class RasterSettings(Section):
     """How shapes without area become pixels (widths in pixels of the source image)."""
@@ -57,6 +66,12 @@ class RasterSettings(Section):
         ge=0,
         description="Radius in source pixels of the disc drawn for point/points shapes.",
     )
+
+    def options(self) -> RasterOptions:
+        """These settings as the rasteriser takes them; prepare and validate both use this."""
+        from vesselctl.data.masks import RasterOptions  # numpy: kept off the --help path
+
+        return RasterOptions(self.line_width, self.point_radius)
 
 
 class ResizeSettings(Section):

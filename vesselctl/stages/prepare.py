@@ -19,13 +19,13 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from vesselctl.data.manifest import MANIFEST_NAME, SPLITS, ManifestRecord
-from vesselctl.data.masks import LabelRoles, RasterOptions
 from vesselctl.data.samples import (
     SampleConfig,
     SampleResult,
@@ -38,9 +38,9 @@ from vesselctl.data.samples import (
 )
 from vesselctl.data.sources import (
     SourceItem,
-    detect_input_format,
     find_labelme_sources,
     find_mask_folder_sources,
+    require_images,
 )
 from vesselctl.data.splits import (
     SPLITS_NAME,
@@ -113,7 +113,6 @@ class PrepareResult:
     split_history: dict[str, Any]
     elapsed_s: float
     images_per_s: float
-    report: dict[str, Any] = field(repr=False, default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,7 +193,7 @@ def _find_sources(settings: PrepareSettings, input_dir: Path) -> tuple[str, list
         if input_format == "labelme":
             raise DatasetError(f"{input_dir}: no LabelMe .json files found (searched recursively)")
         # auto without any JSON: an image + mask folder, or an error saying what is missing.
-        detect_input_format(input_dir, folders.images_dir, folders.masks_dir)
+        require_images(input_dir, folders.images_dir, folders.masks_dir)
     items = find_mask_folder_sources(
         input_dir, folders.images_dir, folders.masks_dir, folders.mask_suffix
     )
@@ -275,12 +274,9 @@ def _process(
     return results
 
 
+@contextmanager
 def _progress(enabled: bool, total: int) -> Iterator[Callable[[SampleResult], None]]:
-    """Yields one callback advancing a rich progress bar (a no-op when disabled).
-
-    A generator so the bar's ``with`` block stays open while the caller works and closes when
-    the caller closes the generator.
-    """
+    """A callback advancing a rich progress bar while the block runs (a no-op when disabled)."""
     if not enabled:
         yield lambda _result: None
         return
@@ -342,12 +338,8 @@ def run(settings: PrepareSettings) -> PrepareResult:
         out_dir=out_dir,
         height=settings.resize.height,
         width=settings.resize.width,
-        roles=LabelRoles(
-            frozenset(settings.labels.vessel),
-            frozenset(settings.labels.hole),
-            frozenset(settings.labels.ignore),
-        ),
-        raster=RasterOptions(settings.raster.line_width, settings.raster.point_radius),
+        roles=settings.labels.roles(),
+        raster=settings.raster.options(),
         png_mode=settings.resize.png,
         phrase=settings.prompt.phrase,
         allowed_roots=(input_dir.resolve(),),
@@ -355,12 +347,8 @@ def run(settings: PrepareSettings) -> PrepareResult:
     )
     workers = settings.workers or os.cpu_count() or 1
     workers = max(1, min(workers, len(items)))
-    progress = _progress(settings.progress, len(items))
-    on_result = next(progress)
-    try:
+    with _progress(settings.progress, len(items)) as on_result:
         results = _process(items, config, workers, on_result)
-    finally:
-        progress.close()
     timings["process_s"] = time.perf_counter() - started - sum(timings.values())
 
     bad = [r for r in results if not r.ok]
@@ -394,7 +382,7 @@ def run(settings: PrepareSettings) -> PrepareResult:
     split_history = {
         "source": plan.source,
         "reused": plan.reused,
-        "added": plan.added if previous else [],
+        "added": plan.added,
         "removed_since_previous": plan.removed,
     }
 
@@ -512,5 +500,4 @@ def run(settings: PrepareSettings) -> PrepareResult:
         split_history=split_history,
         elapsed_s=elapsed,
         images_per_s=len(results) / elapsed if elapsed > 0 else 0.0,
-        report=report,
     )

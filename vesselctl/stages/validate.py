@@ -22,7 +22,6 @@ import numpy as np
 from vesselctl.data import checks
 from vesselctl.data.checks import CHECKS, HashedImage, Problem
 from vesselctl.data.manifest import SPLITS, ManifestRecord, is_prepared_dataset, read_manifest
-from vesselctl.data.masks import LabelRoles, RasterOptions
 from vesselctl.data.stats import ImageStats, image_stats, summarise
 from vesselctl.errors import DatasetError
 from vesselctl.files import atomic_write_bytes, atomic_write_json, run_provenance
@@ -160,14 +159,14 @@ def run(settings: ValidateSettings, progress: Progress | None = None) -> Validat
 
 def _find_files(settings: ValidateSettings, root: Path) -> tuple[Kind, list[Any]]:
     """The kind of dataset at ``root`` and one task per file to check, in a stable order."""
-    from vesselctl.data.labelme import find_labelme_files
+    from vesselctl.data.labelme import labelme_files_with_relatives
     from vesselctl.data.sources import IMAGE_SUFFIXES, find_mask_folder_sources
 
     if is_prepared_dataset(root):
         return "prepared", list(read_manifest(root))
-    labelme = find_labelme_files(root)
+    labelme = [relative for relative, _ in labelme_files_with_relatives(root)]
     if labelme:
-        return "labelme", [p.relative_to(root).as_posix() for p in labelme]
+        return "labelme", labelme
     if not any(p.suffix.lower() in IMAGE_SUFFIXES for p in root.rglob("*") if p.is_file()):
         raise DatasetError(
             f"{root}: no LabelMe *.json, no manifest.jsonl and no images found; point validate "
@@ -184,9 +183,12 @@ def _find_files(settings: ValidateSettings, root: Path) -> tuple[Kind, list[Any]
     ]
 
 
+_CHECK_ORDER = {check: position for position, check in enumerate(CHECKS)}
+
+
 def _problem_order(problem: Problem) -> tuple[str, int, int]:
     shape = -1 if problem.shape is None else problem.shape
-    return problem.file, shape, list(CHECKS).index(problem.check)
+    return problem.file, shape, _CHECK_ORDER[problem.check]
 
 
 def _validation_json(result: ValidateResult, settings: ValidateSettings) -> dict[str, Any]:
@@ -233,31 +235,19 @@ def _map_files(
             if progress:
                 progress(done, total)
         return
-    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    # forkserver: workers fork from a clean server process that imported the heavy modules
-    # once (about half of spawn's start-up, and safe where fork is not: the parent may run a
-    # progress-bar thread and OpenCV's thread pool).
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__, "cv2", "shapely", "skimage.morphology"])
-    else:  # pragma: no cover - Windows has spawn only
-        context = multiprocessing.get_context("spawn")
+    from vesselctl.data.samples import init_worker, worker_context
+
     chunksize = max(1, min(32, total // (workers * 8)))
+    context = worker_context([__name__, "skimage.morphology"])
     with ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=_worker_init
+        max_workers=workers, mp_context=context, initializer=init_worker
     ) as pool:
         for done, outcome in enumerate(pool.map(_check_one, items, chunksize=chunksize), 1):
             yield outcome
             if progress:
                 progress(done, total)
-
-
-def _worker_init() -> None:
-    import cv2
-
-    cv2.setNumThreads(1)  # parallelism comes from the worker processes
 
 
 def _check_one(item: tuple[ValidateSettings, Kind, Any, bool]) -> FileOutcome:
@@ -290,8 +280,8 @@ def _check_one(item: tuple[ValidateSettings, Kind, Any, bool]) -> FileOutcome:
         labelme = checks.check_labelme_file(
             root,
             file,
-            _label_roles(settings),
-            _raster_options(settings),
+            settings.labels.roles(),
+            settings.raster.options(),
             settings.checks.tiny_mask_pixels,
             settings.checks.bounds_tolerance,
             settings.checks.report_twists,
@@ -330,15 +320,6 @@ def _counts(value: Any) -> dict[str, int]:
     if not isinstance(value, dict):
         return {}
     return {str(k): int(v) for k, v in value.items() if isinstance(v, int)}
-
-
-def _label_roles(settings: ValidateSettings) -> LabelRoles:
-    labels = settings.labels
-    return LabelRoles(frozenset(labels.vessel), frozenset(labels.hole), frozenset(labels.ignore))
-
-
-def _raster_options(settings: ValidateSettings) -> RasterOptions:
-    return RasterOptions(settings.raster.line_width, settings.raster.point_radius)
 
 
 # Overlay colours (RGB): vessel fill and the mask outline.
