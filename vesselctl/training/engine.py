@@ -58,6 +58,13 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Call
     return factor
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """torch.autocast to ``dtype`` on ``device``; no autocast when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
 class _LossOnly(nn.Module):
     """Shows DDP only the loss. DDP with find_unused_parameters walks the autograd graph from
     every output tensor it finds; the IoU scores are outputs that no loss uses, so their head
@@ -111,11 +118,6 @@ class TorchEngine:
             self.wrapped = model
         self._params = [p for _, p in trainable_parameters(model)]
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
     def micro_step(self, batch: Sa2VABatch, last_micro: bool, check: LossCheck) -> Sa2VAOutput:
         """Forward and backward one micro-batch; ``check`` may raise before backward runs."""
         if self.cuda_graphs:
@@ -127,7 +129,7 @@ class TorchEngine:
             else contextlib.nullcontext()
         )
         with sync:
-            with self._autocast():
+            with autocast(self.device, self.autocast_dtype):
                 output = self.wrapped(batch)
             if self.ddp:
                 output = self.wrapped.module.last_output

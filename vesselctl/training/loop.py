@@ -27,7 +27,7 @@ from vesselctl.metrics import cldice_score, dice_score
 from vesselctl.model.batch import Sa2VABatch, Sa2VAOutput
 from vesselctl.training import checkpoint as ckpt
 from vesselctl.training.data import SegDataset
-from vesselctl.training.engine import DeepSpeedEngine, TorchEngine
+from vesselctl.training.engine import DeepSpeedEngine, TorchEngine, autocast
 from vesselctl.training.launch import DistEnv
 from vesselctl.training.logs import RunLog
 
@@ -297,7 +297,7 @@ class TrainingLoop:
                 batch = self.processor(samples, train=False).to(
                     self.cfg.device, self.cfg.batch_dtype
                 )
-                with _autocast(self.cfg.device, self.cfg.autocast_dtype):
+                with autocast(self.cfg.device, self.cfg.autocast_dtype):
                     probs = base.predict_probabilities(batch)
                 for j, (prob, gt) in enumerate(zip(probs, gts, strict=True)):
                     weight = weights[start + j]
@@ -484,12 +484,6 @@ class TrainingLoop:
             }
         )
         return record
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
