@@ -357,11 +357,12 @@ class TrainingLoop:
                     "the model returned no loss: the batch has no labels or masks; check the "
                     "training split's masks"
                 )
+            # One device-to-host copy for all parts (a float() per part would wait on the GPU
+            # once each).
+            zero = output.loss.detach().new_zeros((), dtype=torch.float32)
             parts = [getattr(output, name) for name in LOSS_PARTS]
-            values = torch.tensor(
-                [float(p.detach()) if p is not None else 0.0 for p in parts] + [0.0],
-                dtype=torch.float64,
-            )
+            on_device = torch.stack([zero if p is None else p.detach().float() for p in parts])
+            values = torch.cat([on_device.cpu().double(), torch.zeros(1, dtype=torch.float64)])
             values[-1] = 0.0 if math.isfinite(float(values[0])) else 1.0
             values = _all_reduce_sum(values.to(self._reduce_device()), self.dist).cpu()
             if values[-1] > 0:
