@@ -49,8 +49,10 @@ if TYPE_CHECKING:
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 DEEPSPEED_MODEL_FILES = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
+# What vesselctl's training writes into checkpoints/step_N (training/checkpoint.py uses these).
 TRAINABLE_WEIGHTS = "trainable.safetensors"
 TRAINABLE_META = "trainable.json"
+DEEPSPEED_SUBDIR = "deepspeed"  # the ZeRO state inside a step folder (DeepSpeed's checkpoint tag)
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 
 _ST_DTYPES = {
@@ -253,9 +255,8 @@ def deepspeed_dir(path: Path) -> Path | None:
         tagged = path / latest.read_text(encoding="utf-8").strip()
         if any((tagged / n).is_file() for n in DEEPSPEED_MODEL_FILES):
             return tagged
-    for sub in ("deepspeed",):
-        if (path / sub).is_dir():
-            return deepspeed_dir(path / sub)
+    if (path / DEEPSPEED_SUBDIR).is_dir():
+        return deepspeed_dir(path / DEEPSPEED_SUBDIR)
     return None
 
 

@@ -21,12 +21,13 @@ import torch
 from torch import nn
 
 from vesselctl.model.batch import Sa2VABatch, Sa2VAOutput
+from vesselctl.model.checkpoints import DEEPSPEED_SUBDIR
 from vesselctl.settings.train import TrainSettings
 
 LossCheck = Callable[[Sa2VAOutput], None]
 
 TORCH_STATE_NAME = "training_state.pt"
-DEEPSPEED_TAG = "deepspeed"
+DEEPSPEED_TAG = DEEPSPEED_SUBDIR  # the tag names the subfolder convert reads (model/checkpoints)
 
 
 def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
