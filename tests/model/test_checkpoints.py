@@ -270,6 +270,20 @@ def test_lora_without_alpha_asks_for_it(internvl_setup, tmp_path):
     _assert_weights_equal(ckpt.merged_weights(base, checkpoint), reference)
 
 
+def test_lora_with_mixed_ranks_is_refused_with_the_real_cause(internvl_setup, tmp_path):
+    family, model, _, root = internvl_setup
+    trained, _ = make_training_delta(model, family, r=R, alpha=ALPHA)
+    key_a = [k for k in trained if ".lora_A." in k][-1]  # the rank is read from the first
+    key_b = key_a.replace(".lora_A.", ".lora_B.")
+    trained[key_a], trained[key_b] = trained[key_a][: R - 1], trained[key_b][:, : R - 1]
+    path = tmp_path / "iter_4.pth"
+    write_iter_checkpoint(path, trained, R, ALPHA)
+    base = ckpt.read_model_source(root / "hf")
+    with pytest.raises(CheckpointError, match=r"rank\(s\) \[3, 4\].*one rank") as info:
+        ckpt.merged_weights(base, ckpt.read_trained_checkpoint(path))
+    assert "--lora-r" not in str(info.value)  # no such option
+
+
 def test_zero3_with_a_missing_rank_shard(internvl_setup, tmp_path):
     family, model, _, _ = internvl_setup
     trained, _ = make_training_delta(model, family, r=R, alpha=ALPHA)

@@ -554,8 +554,9 @@ def build_delta(
         ranks = {a.shape[0] for a, _ in delta.lora.values()}
         if ranks != {lora_spec.r}:
             raise CheckpointError(
-                f"{origin}: LoRA factors have rank(s) {sorted(ranks)} but r={lora_spec.r} was "
-                "given; leave --lora-r unset to infer it"
+                f"{origin}: LoRA factors have rank(s) {sorted(ranks)} but the merge scales "
+                f"every module with one rank (r={lora_spec.r}); per-module ranks (peft "
+                "rank_pattern) are not supported"
             )
     delta.lora_spec = lora_spec if delta.lora else None
     report.raise_if_bad()
