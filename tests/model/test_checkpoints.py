@@ -390,3 +390,15 @@ def test_vesselctl_step_matches_peft_merge_and_unload(internvl_setup, tmp_path):
     assert not torch.equal(
         expected[f"{embed}.weight"][rows], model.state_dict()[f"{embed}.weight"][rows]
     )
+
+
+def test_run_seed_from_trainable_json_else_settings_yaml(tmp_path):
+    """A preset base is rebuilt from the run's seed: trainable.json's, else settings.yaml's."""
+    step = tmp_path / "run" / "checkpoints" / "step_2"
+    step.mkdir(parents=True)
+    save_file({"text_hidden_fcs.0.weight": torch.zeros(2, 2)}, str(step / ckpt.TRAINABLE_WEIGHTS))
+    (tmp_path / "run" / "settings.yaml").write_text("seed: 123\n")
+    (step / ckpt.TRAINABLE_META).write_text(json.dumps({"step": 2, "seed": 7}))
+    assert ckpt.run_seed(ckpt.read_trained_checkpoint(step)) == 7
+    (step / ckpt.TRAINABLE_META).write_text(json.dumps({"step": 2}))
+    assert ckpt.run_seed(ckpt.read_trained_checkpoint(step)) == 123

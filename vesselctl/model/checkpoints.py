@@ -1383,17 +1383,16 @@ def resolve_base(
     )
 
 
-def run_seed(step_dir: Path) -> int | None:
-    """The seed a vesselctl training run used: trainable.json's ``seed``, else the run folder's
-    resolved ``settings.yaml`` (``<run>/checkpoints/step_N`` -> ``<run>/settings.yaml``)."""
+def run_seed(trained: TrainedCheckpoint) -> int | None:
+    """The seed a vesselctl training run used: trainable.json's ``seed`` (read with the
+    checkpoint), else the run folder's resolved ``settings.yaml``
+    (``<run>/checkpoints/step_N`` -> ``<run>/settings.yaml``)."""
     import yaml
 
-    meta_path = Path(step_dir) / TRAINABLE_META
-    if meta_path.is_file():
-        seed = read_json(meta_path).get("seed")
-        if isinstance(seed, int):
-            return seed
-    settings_path = Path(step_dir).parent.parent / "settings.yaml"
+    seed = trained.meta.get("seed")
+    if isinstance(seed, int):
+        return seed
+    settings_path = Path(trained.path).parent.parent / "settings.yaml"
     if settings_path.is_file():
         try:
             data = yaml.safe_load(settings_path.read_text(encoding="utf-8"))
@@ -1418,7 +1417,7 @@ def rebuild_preset_base(trained: TrainedCheckpoint, recorded: dict[str, Any]) ->
     from vesselctl.model.load import load_model
     from vesselctl.settings.model import ModelSourceSettings
 
-    seed = run_seed(trained.path)
+    seed = run_seed(trained)
     if seed is None:
         raise CheckpointError(
             f"{trained.path}: the run trained a random-weight preset "
