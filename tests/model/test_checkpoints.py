@@ -270,6 +270,20 @@ def test_lora_without_alpha_asks_for_it(internvl_setup, tmp_path):
     _assert_weights_equal(ckpt.merged_weights(base, checkpoint), reference)
 
 
+def test_lora_with_mixed_ranks_is_refused_with_the_real_cause(internvl_setup, tmp_path):
+    family, model, _, root = internvl_setup
+    trained, _ = make_training_delta(model, family, r=R, alpha=ALPHA)
+    key_a = [k for k in trained if ".lora_A." in k][-1]  # the rank is read from the first
+    key_b = key_a.replace(".lora_A.", ".lora_B.")
+    trained[key_a], trained[key_b] = trained[key_a][: R - 1], trained[key_b][:, : R - 1]
+    path = tmp_path / "iter_4.pth"
+    write_iter_checkpoint(path, trained, R, ALPHA)
+    base = ckpt.read_model_source(root / "hf")
+    with pytest.raises(CheckpointError, match=r"rank\(s\) \[3, 4\].*one rank") as info:
+        ckpt.merged_weights(base, ckpt.read_trained_checkpoint(path))
+    assert "--lora-r" not in str(info.value)  # no such option
+
+
 def test_zero3_with_a_missing_rank_shard(internvl_setup, tmp_path):
     family, model, _, _ = internvl_setup
     trained, _ = make_training_delta(model, family, r=R, alpha=ALPHA)
@@ -376,3 +390,15 @@ def test_vesselctl_step_matches_peft_merge_and_unload(internvl_setup, tmp_path):
     assert not torch.equal(
         expected[f"{embed}.weight"][rows], model.state_dict()[f"{embed}.weight"][rows]
     )
+
+
+def test_run_seed_from_trainable_json_else_settings_yaml(tmp_path):
+    """A preset base is rebuilt from the run's seed: trainable.json's, else settings.yaml's."""
+    step = tmp_path / "run" / "checkpoints" / "step_2"
+    step.mkdir(parents=True)
+    save_file({"text_hidden_fcs.0.weight": torch.zeros(2, 2)}, str(step / ckpt.TRAINABLE_WEIGHTS))
+    (tmp_path / "run" / "settings.yaml").write_text("seed: 123\n")
+    (step / ckpt.TRAINABLE_META).write_text(json.dumps({"step": 2, "seed": 7}))
+    assert ckpt.run_seed(ckpt.read_trained_checkpoint(step)) == 7
+    (step / ckpt.TRAINABLE_META).write_text(json.dumps({"step": 2}))
+    assert ckpt.run_seed(ckpt.read_trained_checkpoint(step)) == 123

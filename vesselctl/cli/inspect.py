@@ -8,7 +8,14 @@ from typing import Annotated
 
 import typer
 
-from vesselctl.cli.common import ConfigOption, SetOption, console, handle_errors, overrides
+from vesselctl.cli.common import (
+    ConfigOption,
+    SetOption,
+    console,
+    handle_errors,
+    overrides,
+    print_kv_table,
+)
 from vesselctl.settings.base import field_help, load_settings
 from vesselctl.settings.convert import InspectSettings
 
@@ -38,27 +45,20 @@ def inspect(
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=2, default=str))
         return
-    summary = Table(
-        title=f"vesselctl inspect {result.path}", show_header=False, title_justify="left"
-    )
-    summary.add_column("what", style="bold")
-    summary.add_column("value")
-    summary.add_row("format", result.format)
-    summary.add_row("model family", str(result.family or "unknown"))
-    summary.add_row(
-        "size on disk", f"{result.size_bytes / 2**20:.1f} MiB in {result.files} file(s)"
-    )
-    summary.add_row("tensors / parameters", f"{result.tensors:,} / {result.parameters:,}")
-    summary.add_row("dtypes", ", ".join(f"{d}: {n}" for d, n in sorted(result.dtypes.items())))
+    rows: list[tuple[str, object]] = [
+        ("format", result.format),
+        ("model family", result.family or "unknown"),
+        ("size on disk", f"{result.size_bytes / 2**20:.1f} MiB in {result.files} file(s)"),
+        ("tensors / parameters", f"{result.tensors:,} / {result.parameters:,}"),
+        ("dtypes", ", ".join(f"{d}: {n}" for d, n in sorted(result.dtypes.items()))),
+    ]
     if result.lora:
-        summary.add_row(
-            "LoRA",
-            f"rank {result.lora['rank']}, alpha {result.lora.get('alpha')}, "
-            f"{result.lora['modules']} modules",
+        lora = result.lora
+        rows.append(
+            ("LoRA", f"rank {lora['rank']}, alpha {lora.get('alpha')}, {lora['modules']} modules")
         )
-    for key, value in result.metadata.items():
-        summary.add_row(f"meta.{key}", str(value)[:200])
-    console.print(summary)
+    rows += [(f"meta.{key}", str(value)[:200]) for key, value in result.metadata.items()]
+    print_kv_table(f"vesselctl inspect {result.path}", rows)
     groups = Table(title="key groups", title_justify="left")
     for column in ("group", "tensors", "parameters", "dtypes", "example key"):
         groups.add_column(column)

@@ -49,8 +49,10 @@ if TYPE_CHECKING:
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 DEEPSPEED_MODEL_FILES = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
+# What vesselctl's training writes into checkpoints/step_N (training/checkpoint.py uses these).
 TRAINABLE_WEIGHTS = "trainable.safetensors"
 TRAINABLE_META = "trainable.json"
+DEEPSPEED_SUBDIR = "deepspeed"  # the ZeRO state inside a step folder (DeepSpeed's checkpoint tag)
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 
 _ST_DTYPES = {
@@ -253,9 +255,8 @@ def deepspeed_dir(path: Path) -> Path | None:
         tagged = path / latest.read_text(encoding="utf-8").strip()
         if any((tagged / n).is_file() for n in DEEPSPEED_MODEL_FILES):
             return tagged
-    for sub in ("deepspeed",):
-        if (path / sub).is_dir():
-            return deepspeed_dir(path / sub)
+    if (path / DEEPSPEED_SUBDIR).is_dir():
+        return deepspeed_dir(path / DEEPSPEED_SUBDIR)
     return None
 
 
@@ -553,8 +554,9 @@ def build_delta(
         ranks = {a.shape[0] for a, _ in delta.lora.values()}
         if ranks != {lora_spec.r}:
             raise CheckpointError(
-                f"{origin}: LoRA factors have rank(s) {sorted(ranks)} but r={lora_spec.r} was "
-                "given; leave --lora-r unset to infer it"
+                f"{origin}: LoRA factors have rank(s) {sorted(ranks)} but the merge scales "
+                f"every module with one rank (r={lora_spec.r}); per-module ranks (peft "
+                "rank_pattern) are not supported"
             )
     delta.lora_spec = lora_spec if delta.lora else None
     report.raise_if_bad()
@@ -1381,17 +1383,16 @@ def resolve_base(
     )
 
 
-def run_seed(step_dir: Path) -> int | None:
-    """The seed a vesselctl training run used: trainable.json's ``seed``, else the run folder's
-    resolved ``settings.yaml`` (``<run>/checkpoints/step_N`` -> ``<run>/settings.yaml``)."""
+def run_seed(trained: TrainedCheckpoint) -> int | None:
+    """The seed a vesselctl training run used: trainable.json's ``seed`` (read with the
+    checkpoint), else the run folder's resolved ``settings.yaml``
+    (``<run>/checkpoints/step_N`` -> ``<run>/settings.yaml``)."""
     import yaml
 
-    meta_path = Path(step_dir) / TRAINABLE_META
-    if meta_path.is_file():
-        seed = read_json(meta_path).get("seed")
-        if isinstance(seed, int):
-            return seed
-    settings_path = Path(step_dir).parent.parent / "settings.yaml"
+    seed = trained.meta.get("seed")
+    if isinstance(seed, int):
+        return seed
+    settings_path = Path(trained.path).parent.parent / "settings.yaml"
     if settings_path.is_file():
         try:
             data = yaml.safe_load(settings_path.read_text(encoding="utf-8"))
@@ -1416,7 +1417,7 @@ def rebuild_preset_base(trained: TrainedCheckpoint, recorded: dict[str, Any]) ->
     from vesselctl.model.load import load_model
     from vesselctl.settings.model import ModelSourceSettings
 
-    seed = run_seed(trained.path)
+    seed = run_seed(trained)
     if seed is None:
         raise CheckpointError(
             f"{trained.path}: the run trained a random-weight preset "

@@ -143,17 +143,6 @@ def _tokenizer_from(directory: Path) -> Any:
         raise ModelError(f"{directory}: cannot load a tokenizer from this folder ({exc})") from exc
 
 
-def _config_model_type(path: Path) -> str | None:
-    """The ``model_type`` recorded in a config.json (None when absent)."""
-    import json
-
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: cannot read the model config ({exc})") from exc
-    return data.get("model_type") if isinstance(data, dict) else None
-
-
 def load_model(source: ModelSourceSettings) -> tuple[Sa2VAModel, Sa2VAProcessor]:
     """Build or load the model described by ``source``, with its processor."""
     from vesselctl.model.processor import Sa2VAProcessor
@@ -187,10 +176,11 @@ def load_model(source: ModelSourceSettings) -> tuple[Sa2VAModel, Sa2VAProcessor]
                 "(train's final model or `vesselctl convert`); for an official Sa2VA HF export "
                 "use model.kind=official_hf"
             )
+        from vesselctl.model.checkpoints import read_json
         from vesselctl.model.config import Sa2VAConfig
         from vesselctl.model.sa2va import Sa2VAModel
 
-        found = _config_model_type(directory / CONFIG_FILE)
+        found = read_json(directory / CONFIG_FILE).get("model_type")
         if found != Sa2VAConfig.model_type:
             hint = (
                 "; it looks like an official Sa2VA HF export: use model.kind=official_hf"

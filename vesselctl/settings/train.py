@@ -128,7 +128,7 @@ class TrainModelSettings(ModelSourceSettings):
 
     gradient_checkpointing: Literal["auto"] | bool = Field(  # type: ignore[assignment]
         "auto",
-        description="Recompute LLM activations in backward (less memory, ~30% slower); auto: "
+        description="Recompute LLM activations in backward (less memory, slower steps); auto: "
         "one measured training step without it decides (on when its peak memory passes 90% of "
         "the GPU; always off on CPU).",
     )

@@ -8,6 +8,7 @@ run it beside the source model; only a conversion that passes is moved to ``--ou
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -134,7 +135,7 @@ def run(settings: ConvertSettings) -> ConvertResult:
             family=config.family,
             template=config.template,
             dtype=settings.dtype,
-            num_parameters=sum(_numel(s) for s in base.expected.values()),
+            num_parameters=sum(math.prod(s) for s in base.expected.values()),
             num_shards=len(set(index["weight_map"].values())),
             size_bytes=int(index["metadata"]["total_size"]),
             lora=lora,
@@ -188,13 +189,6 @@ def _processor(base: Any) -> Any:
     if base.processor is not None:
         return base.processor
     return Sa2VAProcessor(base.tokenizer, base.config)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def _step(trained: Any) -> Any:
@@ -286,25 +280,29 @@ def _mask_logits(model: Any, batch: Any) -> Any:
 def _inject_lora(model: Any, weights: Any) -> None:
     """Put the checkpoint's LoRA factors on ``model`` with peft, unmerged (peft computes
     ``base(x) + scale * B(A(x))`` itself: an independent check of the merge math)."""
+    spec = weights.delta.lora_spec
+    factors = {k.removesuffix(".weight"): ab for k, ab in weights.delta.lora.items()}
+    _put_lora(model, spec.r, spec.alpha, spec.rslora, factors)
+
+
+def _put_lora(model: Any, r: int, alpha: float, rslora: bool, factors: dict[str, Any]) -> None:
+    """Inject peft LoRA layers into the modules named in ``factors`` and copy in their
+    (A, B) factors; dropout off, model in eval mode."""
     import torch
     from peft import LoraConfig, inject_adapter_in_model
 
-    delta = weights.delta
-    spec = delta.lora_spec
-    modules = sorted(k.removesuffix(".weight") for k in delta.lora)
     config = LoraConfig(
-        r=spec.r,
-        lora_alpha=spec.alpha,
-        use_rslora=spec.rslora,
+        r=r,
+        lora_alpha=alpha,
+        use_rslora=rslora,
         lora_dropout=0.0,
-        target_modules=modules,
+        target_modules=sorted(factors),
     )
     inject_adapter_in_model(config, model)
     named = dict(model.named_modules())
     with torch.no_grad():
-        for module_name in modules:
+        for module_name, (lora_a, lora_b) in factors.items():
             layer = named[module_name]
-            lora_a, lora_b = delta.lora[module_name + ".weight"]
             layer.lora_A["default"].weight.copy_(lora_a)
             layer.lora_B["default"].weight.copy_(lora_b)
     model.eval()
@@ -361,30 +359,21 @@ def verify(
 
 
 def _load_kept_adapter(model: Any, adapter_dir: Path) -> None:
+    """Load the written peft adapter (adapter/) onto ``model``, as a user of the folder would."""
     import json
 
-    import torch
-    from peft import LoraConfig, inject_adapter_in_model
     from safetensors.torch import load_file
 
     config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
-    lora = LoraConfig(
-        r=config["r"],
-        lora_alpha=config["lora_alpha"],
-        use_rslora=config["use_rslora"],
-        lora_dropout=0.0,
-        target_modules=config["target_modules"],
-    )
-    inject_adapter_in_model(lora, model)
     tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
-    named = dict(model.named_modules())
-    with torch.no_grad():
-        for module_name in config["target_modules"]:
-            layer = named[module_name]
-            prefix = f"base_model.model.{module_name}"
-            layer.lora_A["default"].weight.copy_(tensors[f"{prefix}.lora_A.weight"])
-            layer.lora_B["default"].weight.copy_(tensors[f"{prefix}.lora_B.weight"])
-    model.eval()
+    factors = {
+        name: (
+            tensors[f"base_model.model.{name}.lora_A.weight"],
+            tensors[f"base_model.model.{name}.lora_B.weight"],
+        )
+        for name in config["target_modules"]
+    }
+    _put_lora(model, config["r"], config["lora_alpha"], config["use_rslora"], factors)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ refuses unknown keys: describing odd checkpoints is its job.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -215,9 +216,7 @@ def run(settings: InspectSettings) -> InspectResult:
     all_dtypes: dict[str, int] = {}
     total = 0
     for key, shape in shapes.items():
-        numel = 1
-        for d in shape:
-            numel *= d
+        numel = math.prod(shape)
         name = _group_of(key)
         info = groups.setdefault(name, GroupInfo(name, example=key))
         info.tensors += 1

@@ -53,11 +53,14 @@ from torch import nn
 from vesselctl.errors import CheckpointError, TrainingError
 from vesselctl.files import atomic_write_json
 
+# The export's file names are the ones `convert` looks for (model/checkpoints.py): defined there
+# once, so the writer and the reader cannot drift apart.
+from vesselctl.model.checkpoints import TRAINABLE_META as TRAINABLE_META_NAME
+from vesselctl.model.checkpoints import TRAINABLE_WEIGHTS as TRAINABLE_WEIGHTS_NAME
+
 CHECKPOINTS_DIR = "checkpoints"
 BEST_NAME = "best.json"
 PROGRESS_NAME = "progress.json"
-TRAINABLE_WEIGHTS_NAME = "trainable.safetensors"
-TRAINABLE_META_NAME = "trainable.json"
 TRAINABLE_FORMAT = "vesselctl-trainable/1"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 

@@ -21,12 +21,13 @@ import torch
 from torch import nn
 
 from vesselctl.model.batch import Sa2VABatch, Sa2VAOutput
+from vesselctl.model.checkpoints import DEEPSPEED_SUBDIR
 from vesselctl.settings.train import TrainSettings
 
 LossCheck = Callable[[Sa2VAOutput], None]
 
 TORCH_STATE_NAME = "training_state.pt"
-DEEPSPEED_TAG = "deepspeed"
+DEEPSPEED_TAG = DEEPSPEED_SUBDIR  # the tag names the subfolder convert reads (model/checkpoints)
 
 
 def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
@@ -56,6 +57,13 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float) -> Call
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """torch.autocast to ``dtype`` on ``device``; no autocast when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 class _LossOnly(nn.Module):
@@ -111,11 +119,6 @@ class TorchEngine:
             self.wrapped = model
         self._params = [p for _, p in trainable_parameters(model)]
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
     def micro_step(self, batch: Sa2VABatch, last_micro: bool, check: LossCheck) -> Sa2VAOutput:
         """Forward and backward one micro-batch; ``check`` may raise before backward runs."""
         if self.cuda_graphs:
@@ -127,7 +130,7 @@ class TorchEngine:
             else contextlib.nullcontext()
         )
         with sync:
-            with self._autocast():
+            with autocast(self.device, self.autocast_dtype):
                 output = self.wrapped(batch)
             if self.ddp:
                 output = self.wrapped.module.last_output

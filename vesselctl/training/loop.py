@@ -27,7 +27,7 @@ from vesselctl.metrics import cldice_score, dice_score
 from vesselctl.model.batch import Sa2VABatch, Sa2VAOutput
 from vesselctl.training import checkpoint as ckpt
 from vesselctl.training.data import SegDataset
-from vesselctl.training.engine import DeepSpeedEngine, TorchEngine
+from vesselctl.training.engine import DeepSpeedEngine, TorchEngine, autocast
 from vesselctl.training.launch import DistEnv
 from vesselctl.training.logs import RunLog
 
@@ -83,10 +83,14 @@ class _StopFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def _all_reduce_sum(values: torch.Tensor, dist: DistEnv) -> torch.Tensor:
-    if dist.is_distributed:
-        torch_dist.all_reduce(values, op=torch_dist.ReduceOp.SUM)
-    return values
+def _all_reduce_sum(values: torch.Tensor, dist: DistEnv, device: torch.device) -> torch.Tensor:
+    """Sum a small CPU tensor over ranks, on ``device`` when it is a GPU (NCCL reduces CUDA
+    tensors only; gloo takes CPU ones). One process: ``values`` as they are, no device trip."""
+    if not dist.is_distributed:
+        return values
+    on_device = values.to(device) if device.type == "cuda" else values
+    torch_dist.all_reduce(on_device, op=torch_dist.ReduceOp.SUM)
+    return on_device.cpu()
 
 
 def _barrier(dist: DistEnv) -> None:
@@ -297,7 +301,7 @@ class TrainingLoop:
                 batch = self.processor(samples, train=False).to(
                     self.cfg.device, self.cfg.batch_dtype
                 )
-                with _autocast(self.cfg.device, self.cfg.autocast_dtype):
+                with autocast(self.cfg.device, self.cfg.autocast_dtype):
                     probs = base.predict_probabilities(batch)
                 for j, (prob, gt) in enumerate(zip(probs, gts, strict=True)):
                     weight = weights[start + j]
@@ -309,13 +313,9 @@ class TrainingLoop:
                     totals[2] += 1
         finally:
             module.train(was_training)
-        totals = _all_reduce_sum(totals.to(self._reduce_device()), self.dist).cpu()
+        totals = _all_reduce_sum(totals, self.dist, self.cfg.device)
         count = max(float(totals[2]), 1.0)
         return {"val_dice": float(totals[0]) / count, "val_cldice": float(totals[1]) / count}
-
-    def _reduce_device(self) -> torch.device:
-        # NCCL reduces CUDA tensors only; gloo takes CPU tensors.
-        return self.cfg.device if self.cfg.device.type == "cuda" else torch.device("cpu")
 
     def _validate_and_track(self) -> dict[str, float]:
         started = time.perf_counter()
@@ -357,13 +357,14 @@ class TrainingLoop:
                     "the model returned no loss: the batch has no labels or masks; check the "
                     "training split's masks"
                 )
+            # One device-to-host copy for all parts (a float() per part would wait on the GPU
+            # once each).
+            zero = output.loss.detach().new_zeros((), dtype=torch.float32)
             parts = [getattr(output, name) for name in LOSS_PARTS]
-            values = torch.tensor(
-                [float(p.detach()) if p is not None else 0.0 for p in parts] + [0.0],
-                dtype=torch.float64,
-            )
+            on_device = torch.stack([zero if p is None else p.detach().float() for p in parts])
+            values = torch.cat([on_device.cpu().double(), torch.zeros(1, dtype=torch.float64)])
             values[-1] = 0.0 if math.isfinite(float(values[0])) else 1.0
-            values = _all_reduce_sum(values.to(self._reduce_device()), self.dist).cpu()
+            values = _all_reduce_sum(values, self.dist, self.cfg.device)
             if values[-1] > 0:
                 raise TrainingError(
                     f"step {self.state.global_step + 1}: the loss is not finite "
@@ -443,7 +444,7 @@ class TrainingLoop:
     def _stop_requested(self, stop: _StopFlag) -> bool:
         """Agree over ranks: if any rank got SIGTERM, all save and stop at this step."""
         flag = torch.tensor([1.0 if stop.requested else 0.0], dtype=torch.float64)
-        return float(_all_reduce_sum(flag.to(self._reduce_device()), self.dist)[0]) > 0
+        return float(_all_reduce_sum(flag, self.dist, self.cfg.device)[0]) > 0
 
     def _advance(self) -> None:
         s = self.state
@@ -484,12 +485,6 @@ class TrainingLoop:
             }
         )
         return record
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from vesselctl.errors import ConfigError, ModelError
+from vesselctl.model.tokenizer import SA2VA_TOKENS
 from vesselctl.settings.train import LoraSettings, TrainableSettings
 
 # Tokens Sa2VA adds to the tokenizer; their embedding rows are what 'new_tokens' trains.
-SA2VA_NEW_TOKENS = ("[SEG]", "<p>", "</p>", "<vp>", "</vp>")
+SA2VA_NEW_TOKENS = SA2VA_TOKENS
 
 
 @dataclass
