@@ -55,7 +55,9 @@ class ModelSourceSettings(Section):
         "flash_attention_2 (needs the optional flash-attn package).",
     )
     gradient_checkpointing: bool = Field(
-        False, description="Recompute LLM activations in backward (less memory, ~30% slower)."
+        False,
+        description="Recompute LLM activations in backward: less memory, slower steps (1.24x / "
+        "1.31x the step time for Sa2VA-1B / 4B on an H200, BENCHMARKS.md).",
     )
     compile: Literal["off", "llm", "all"] = Field(
         "off",

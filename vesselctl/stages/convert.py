@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from vesselctl.errors import CheckpointError, ConfigError
-from vesselctl.files import atomic_write_json, atomic_write_text, run_provenance, sha256_file
+from vesselctl.files import (
+    atomic_write_json,
+    atomic_write_text,
+    run_provenance,
+    sha256_file,
+    to_jsonable,
+)
 from vesselctl.settings.base import write_resolved_settings
 from vesselctl.settings.convert import ConvertSettings
 
@@ -153,7 +159,7 @@ def run(settings: ConvertSettings) -> ConvertResult:
         atomic_write_json(staging / "run_info.json", run_provenance())
         atomic_write_text(staging / "README.md", model_card(result, settings))
         result.seconds = round(time.perf_counter() - started, 2)
-        atomic_write_json(staging / RESULT_NAME, _jsonable(asdict(result)))
+        atomic_write_json(staging / RESULT_NAME, to_jsonable(result))
         if result.verify is not None and not result.verify.passed:
             v = result.verify
             raise CheckpointError(
@@ -443,13 +449,3 @@ def model_card(result: ConvertResult, settings: ConvertSettings) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
