@@ -10,7 +10,8 @@ autocast). Configurations, each a fresh model in the same process and call:
                  on, full copies of the embeddings and lm_head (official recipe), no compile
   new_tokens     + only the new tokens' rows train (peft trainable_token_indices)
   no_ckpt        + no gradient checkpointing
-  compile        + torch.compile of the LLM decoder layers (regional)
+  compile        + torch.compile of what trains (regional: the LLM decoder layers and SAM2's
+                 mask decoder, as model.compile: llm; --compile-parts changes it)
   encoder_cache  + frozen-encoder outputs (InternViT, SAM2 Hiera) served from a GPU cache
   all            new_tokens + compile + encoder_cache + checkpointing chosen by a measured step
   all_ckpt       all, with checkpointing forced on (the low-memory variant)
@@ -260,7 +261,7 @@ def run_config(
     from vesselctl.model.acceleration import (
         FrozenEncoderCache,
         choose_gradient_checkpointing,
-        compile_llm_layers,
+        compile_blocks,
         enable_encoder_cache,
         probe_train_step,
     )
@@ -296,6 +297,9 @@ def run_config(
     }
 
     batches = [b.to(device, built.batch_dtype) for b in batches_cpu]
+    if args.no_image_positions:  # the model finds them with masked_scatter (GPU waits)
+        for b in batches:
+            b.image_positions = None
     if spec["cache"]:
         cache = FrozenEncoderCache(storage="cuda" if cuda else "cpu")
         enable_encoder_cache(model, cache)
@@ -304,8 +308,11 @@ def run_config(
         for b in batches:
             b.vision_keys = b.sam2_keys = None
     if spec["compile"]:
-        row["compiled_blocks"] = compile_llm_layers(
-            model, mode=args.compile_mode, backend=args.compile_backend
+        row["compiled_blocks"] = compile_blocks(
+            model,
+            tuple(args.compile_parts.split(",")),
+            mode=args.compile_mode,
+            backend=args.compile_backend,
         )
         # As the train stage does for model.compile_mode reduce-overhead.
         engine.cuda_graphs = cuda and args.compile_mode == "reduce-overhead"
@@ -368,8 +375,10 @@ def run_config(
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
     if name in args.profile_configs:
-        row["kernel_profile"] = profile_step(lambda: step(batches[0]), device)
-        print(f"{shape.preset} {name}: where one step's GPU time goes\n{row['kernel_profile']}")
+        trace = args.trace_dir / f"trace_{shape.preset}_{name}.json.gz" if args.trace_dir else None
+        table, summary = profile_step(lambda: step(batches[0]), device, trace)
+        row["kernel_profile"], row["profile_summary"] = table, summary
+        print(f"{shape.preset} {name}: where one step's GPU time goes {summary}\n{table}")
     if cuda:  # + AdamW states and any gradients kept between steps
         row["allocated_after_steps_gib"] = torch.cuda.memory_allocated(device) / 2**30
     row.update(
@@ -393,18 +402,45 @@ def run_config(
     return row
 
 
-def profile_step(step: Any, device: Any) -> str:
-    """torch.profiler table of one training step: the 25 operators with the most GPU time."""
+def profile_step(step: Any, device: Any, trace: Path | None = None) -> tuple[str, dict]:
+    """torch.profiler table of one step (the 25 operators with the most GPU time) and how busy
+    the GPU was: kernel time (overlaps merged) against the step's wall time. ``trace``: also
+    write the Chrome trace there, gzipped, for a timeline viewer."""
+    import gzip
+    import json
+    import tempfile
+
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
     with profile(activities=activities) as prof:
+        start = time.perf_counter()
         step()
         _sync(device)
+        wall = time.perf_counter() - start
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    return prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=60)
+    table = prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=60)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(raw))
+        events = json.loads(raw.read_text()).get("traceEvents", [])
+        if trace is not None:
+            with gzip.open(trace, "wb") as f:
+                f.write(raw.read_bytes())
+    kernels = sorted(
+        (float(e["ts"]), float(e["ts"]) + float(e.get("dur", 0)))
+        for e in events
+        if e.get("cat") == "kernel"
+    )
+    busy_us, end = 0.0, float("-inf")
+    for s, e in kernels:  # union of kernel intervals (streams may overlap)
+        if e > end:
+            busy_us += e - max(s, end)
+            end = e
+    summary = {"wall_ms": wall * 1000, "gpu_busy_ms": busy_us / 1000, "kernels": len(kernels)}
+    return table, summary
 
 
 # --- prediction -----------------------------------------------------------------------------------
@@ -477,6 +513,14 @@ def run_predict(shape: Shape, args: argparse.Namespace, device: Any) -> list[dic
             reference = probs
         median = statistics.median(times)
         parts_s = predict_parts(model, batch, args.steps, device)
+        profile = None
+        if args.profile_predict:
+            trace = args.trace_dir / f"trace_predict_{mode}.json.gz" if args.trace_dir else None
+            with torch.inference_mode():
+                table, profile = profile_step(
+                    lambda m=model, b=batch: m.predict_probabilities(b), device, trace
+                )
+            print(f"{shape.preset} predict {mode}: {profile}\n{table}")
         rows.append(
             dict(
                 preset=shape.preset,
@@ -488,6 +532,7 @@ def run_predict(shape: Shape, args: argparse.Namespace, device: Any) -> list[dic
                 compile_s=compile_s,
                 max_abs_prob_diff_vs_plain=float((probs - reference).abs().max()),
                 parts_s=parts_s,
+                profile_summary=profile,
             )
         )
     del model, batch
@@ -597,6 +642,8 @@ def _print(rows: list[dict[str, Any]], predict: list[dict[str, Any]], data: dict
 
 
 def main(argv: list[str] | None = None) -> int:
+    from vesselctl.model.acceleration import COMPILE_SETTING_PARTS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", nargs="+", default=["sa2va-1b", "sa2va-4b"])
     parser.add_argument("--device", default="cuda")
@@ -613,6 +660,16 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="torch.compile mode, e.g. max-autotune-no-cudagraphs (default: torch's default)",
     )
+    parser.add_argument(
+        "--compile-parts",
+        default=",".join(COMPILE_SETTING_PARTS["llm"]),
+        help="compiled regions in the compile configurations (as model.compile: llm)",
+    )
+    parser.add_argument(
+        "--no-image-positions",
+        action="store_true",
+        help="drop the processor's image-token positions (transformers' masked_scatter path)",
+    )
     parser.add_argument("--ckpt-memory-fraction", type=float, default=0.9)
     parser.add_argument("--no-flops", dest="count_flops", action="store_false")
     parser.add_argument("--flops-config", default="baseline", choices=list(CONFIGS))
@@ -622,6 +679,15 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         choices=list(CONFIGS),
         help="also print a torch.profiler table of one step of these configurations",
+    )
+    parser.add_argument(
+        "--trace-dir",
+        type=Path,
+        default=None,
+        help="write a gzipped Chrome trace of each profiled step into this folder",
+    )
+    parser.add_argument(
+        "--profile-predict", action="store_true", help="profile one prediction batch per mode"
     )
     parser.add_argument("--no-predict", dest="predict", action="store_false")
     parser.add_argument("--predict-batch", type=int, default=32)

@@ -16,7 +16,7 @@ from vesselctl.model.acceleration import (
     check_encoder_cache_allowed,
     choose_gradient_checkpointing,
     compile_blocks,
-    compile_llm_layers,
+    compile_trained_path,
     enable_encoder_cache,
     is_compile_failure,
     probe_train_step,
@@ -122,18 +122,20 @@ def test_equal_images_share_keys_and_different_ones_do_not(tiny):
     assert not set(a.sam2_keys) & set(c.sam2_keys)
 
 
-def test_compiled_llm_layers_give_the_same_losses_and_gradients(tiny):
+def test_compiled_trained_path_gives_the_same_losses_and_gradients(tiny):
     model, processor = tiny
     model.requires_grad_(True)
     batch = processor(_samples(2), train=True)
     plain = _loss_and_grads(model, batch)
     torch._dynamo.reset()
-    # Every repeated block is found (tracing happens at the first call; only the LLM runs here,
-    # the encoders' compiled run is exercised by benchmarks/perf.py).
-    assert compile_blocks(model, ("llm", "vision", "sam2"), backend="aot_eager") == 2 + 2 + 5
+    # Every repeated block is found (tracing happens at the first call; only the LLM and the mask
+    # decoder run here, the encoders' compiled run is exercised by benchmarks/perf.py).
+    everything = ("llm", "mask_decoder", "mask_losses", "vision", "sam2")
+    assert compile_blocks(model, everything, backend="aot_eager") == 2 + 5 + 1 + 2 + 5
     uncompile_blocks(model)
     assert not any_block_compiled(model)
-    assert compile_llm_layers(model, backend="aot_eager") == 2
+    # The two LLM layers, the mask decoder's transformer, its 4 hypernetwork MLPs, the losses.
+    assert compile_trained_path(model, backend="aot_eager") == 2 + 5 + 1
     try:
         assert any_block_compiled(model)
         compiled = _loss_and_grads(model, batch)
@@ -154,7 +156,7 @@ def test_a_failing_compile_falls_back_to_eager_with_a_warning(tiny):
         raise RuntimeError("no compiler here")
 
     torch._dynamo.reset()
-    compile_llm_layers(model, backend=broken_backend)
+    compile_trained_path(model, backend=broken_backend)
     try:
         with pytest.warns(RuntimeWarning, match="running them eagerly"):
             reason = probe_train_step(model, lambda: _loss_and_grads(model, batch))
@@ -225,7 +227,8 @@ def test_model_compile_setting_compiles_the_chosen_blocks():
     model, _ = load_model(ModelSourceSettings(compile="off", dtype="float32"))
     assert not any_block_compiled(model)
     model, _ = load_model(ModelSourceSettings(compile="llm", dtype="float32"))
-    assert all(compiled(model, "llm")) and not any(compiled(model, "sam2"))
+    assert all(compiled(model, "llm") + compiled(model, "mask_decoder"))
+    assert not any(compiled(model, "sam2") + compiled(model, "vision"))
     model, _ = load_model(ModelSourceSettings(compile="all", dtype="float32"))
     assert all(compiled(model, "llm") + compiled(model, "vision") + compiled(model, "sam2"))
     uncompile_blocks(model)

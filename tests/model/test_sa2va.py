@@ -425,3 +425,45 @@ def test_positions_found_by_the_processor_give_the_same_forward(tokenizer):
         assert torch.equal(getattr(with_positions, name), getattr(without, name)), name
     for a, b in zip(with_positions.mask_logits, without.mask_logits, strict=True):
         assert torch.equal(a, b)
+
+
+def test_image_features_at_cpu_found_positions_match_transformers_forward(tokenizer):
+    """InternVL batches carry their image-token positions; the model puts the image features
+    there (no masked_scatter, no GPU wait) and gets exactly transformers' hidden states and
+    gradients, for samples with different tile counts in one batch."""
+    import dataclasses
+
+    from vesselctl.model.processor import Sa2VAProcessor
+
+    torch.manual_seed(0)
+    model = Sa2VAModel(preset_config("tiny", tokenizer)).train()
+    processor = Sa2VAProcessor.from_config(model.config, tokenizer, max_tiles=4)
+    rng = np.random.default_rng(1)
+    samples = [
+        SegSample(f"s{i}", rng.integers(0, 256, shape, dtype=np.uint8), ["vessels"], None)
+        for i, shape in enumerate([(64, 64, 3), (64, 160, 3)])  # 1 and several tiles
+    ]
+    batch = processor(samples, train=False)
+    image_tokens = (batch.input_ids == model.config.image_token_id).sum(dim=1)
+    assert image_tokens[0] != image_tokens[1]
+    assert batch.image_positions.shape == (int(image_tokens.sum()), 2)
+    plain = dataclasses.replace(batch, image_positions=None)
+
+    def hidden_and_grads(b):
+        model.zero_grad(set_to_none=True)
+        hidden = model.mllm_hidden_states(b)
+        hidden.square().mean().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return hidden.detach(), grads
+
+    ours, our_grads = hidden_and_grads(batch)
+    theirs, their_grads = hidden_and_grads(plain)
+    assert torch.allclose(ours, theirs, atol=1e-6)
+    assert our_grads.keys() == their_grads.keys()
+    assert any("multi_modal_projector" in n for n in our_grads)
+    for name, grad in our_grads.items():
+        assert torch.allclose(grad, their_grads[name], atol=1e-6), name
+
+    short = dataclasses.replace(batch, image_positions=batch.image_positions[1:])
+    with pytest.raises(ModelError, match="image tokens but the vision tower gave"):
+        model.mllm_hidden_states(short)

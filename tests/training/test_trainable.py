@@ -113,3 +113,31 @@ def test_unresolved_auto_embeddings_are_refused(tiny) -> None:
     would otherwise silently train no embedding rows."""
     with pytest.raises(ConfigError, match="resolved"):
         apply_trainable(_fresh(tiny)[0], LoraSettings(), TrainableSettings())
+
+
+def test_new_token_layers_keep_their_index_on_the_device(tiny) -> None:
+    """The new-token layers merge the same weights as peft's own method, with one index tensor
+    made once (peft copies a fresh one from host memory at every forward: a GPU wait)."""
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+
+    model, processor = _fresh(tiny)
+    vocab = processor.tokenizer.get_vocab()
+    ids = [vocab[t] for t in SA2VA_NEW_TOKENS]
+    trained, _ = apply_trainable(
+        model, LoraSettings(), TrainableSettings(embeddings="new_tokens"), ids
+    )
+    layers = [m for m in trained.modules() if isinstance(m, TrainableTokensLayer)]
+    assert len(layers) == 2  # embeddings and LM head
+    for layer in layers:
+        with torch.no_grad():
+            for delta in layer.trainable_tokens_delta.values():
+                delta.normal_()
+        adapters = list(layer.active_adapters)
+        ours = layer.get_merged_weights(adapters)
+        peft_own = TrainableTokensLayer.get_merged_weights(layer, adapters)
+        assert torch.equal(ours, peft_own)
+        assert not torch.equal(ours, layer.base_layer.weight)  # the rows were replaced
+        (index,) = layer._device_token_index.values()
+        layer.get_merged_weights(adapters)
+        (again,) = layer._device_token_index.values()
+        assert again is index and index.tolist() == ids

@@ -29,11 +29,28 @@ log = logging.getLogger(__name__)
 
 # --- torch.compile, one repeated layer at a time ------------------------------------------------
 
-#: The repeated blocks of each part, by their path inside Sa2VAModel (InternVL, then Qwen2.5-VL).
+#: The compiled regions of each part, by their paths inside Sa2VAModel (those a model lacks,
+#: e.g. the other family's vision tower, are skipped): a ModuleList compiles block by block,
+#: any other module as one region. The mask decoder's IoU and object-score heads stay eager:
+#: no loss reaches them, and a compiled region hands zero gradients (not None) to such
+#: parameters, which AdamW would then decay.
 COMPILE_PARTS: dict[str, tuple[str, ...]] = {
     "llm": ("mllm.model.language_model.layers",),
+    "mask_decoder": (
+        "sam2.mask_decoder.transformer",
+        "sam2.mask_decoder.output_hypernetworks_mlps",
+    ),
+    "mask_losses": ("point_losses",),
     "vision": ("mllm.model.vision_tower.encoder.layer", "mllm.model.visual.blocks"),
     "sam2": ("sam2.vision_encoder.backbone.blocks",),
+}
+
+#: What each ``model.compile`` setting compiles. "llm" is the path that trains: the LLM layers
+#: (LoRA), SAM2's mask decoder and the mask losses, whose many small eager kernels (forward
+#: and backward) left the GPU idle while they were launched (BENCHMARKS.md, issue 10).
+COMPILE_SETTING_PARTS: dict[str, tuple[str, ...]] = {
+    "llm": ("llm", "mask_decoder", "mask_losses"),
+    "all": tuple(COMPILE_PARTS),
 }
 
 
@@ -43,8 +60,8 @@ def _base(model: nn.Module) -> nn.Module:
 
 
 def compiled_blocks(model: nn.Module, parts: tuple[str, ...] = tuple(COMPILE_PARTS)) -> list:
-    """The repeated blocks of ``parts`` ("llm", "vision", "sam2") of a Sa2VAModel (through a
-    peft wrapper too)."""
+    """The compiled regions of ``parts`` (keys of ``COMPILE_PARTS``) of a Sa2VAModel (through
+    a peft wrapper too)."""
     base = _base(model)
     blocks: list[nn.Module] = []
     for part in parts:
@@ -52,10 +69,10 @@ def compiled_blocks(model: nn.Module, parts: tuple[str, ...] = tuple(COMPILE_PAR
             raise ModelError(f"compile part '{part}' is unknown; expected {tuple(COMPILE_PARTS)}")
         for path in COMPILE_PARTS[part]:
             try:
-                blocks.extend(base.get_submodule(path))
-                break
+                module = base.get_submodule(path)
             except AttributeError:
                 continue
+            blocks.extend(module if isinstance(module, nn.ModuleList) else [module])
     return blocks
 
 
@@ -87,11 +104,12 @@ def compile_blocks(
     return len(blocks)
 
 
-def compile_llm_layers(
+def compile_trained_path(
     model: nn.Module, mode: str | None = None, backend: str | Callable = "inductor"
 ) -> int:
-    """``compile_blocks`` on the LLM decoder layers only."""
-    return compile_blocks(model, ("llm",), mode=mode, backend=backend)
+    """``compile_blocks`` on what trains (``model.compile: llm``): the LLM decoder layers and
+    SAM2's mask decoder."""
+    return compile_blocks(model, COMPILE_SETTING_PARTS["llm"], mode=mode, backend=backend)
 
 
 def uncompile_blocks(model: nn.Module) -> None:

@@ -67,6 +67,10 @@ class Sa2VABatch:
     seg_positions: torch.Tensor | None = None
     seg_counts: list[int] | None = None
     supervised_positions: torch.Tensor | None = None
+    # InternVL: [K, 2] (row, position) of every image-context token in row-major order, the
+    # order the image features fill them (transformers' masked_scatter and its token-count
+    # check each wait for the GPU; the model puts the features here without waiting).
+    image_positions: torch.Tensor | None = None
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Sa2VABatch:
         """Move tensors to ``device``; floating pixel tensors are also cast to ``dtype``.

@@ -121,11 +121,11 @@ def _finish(model: Sa2VAModel, source: ModelSourceSettings) -> Sa2VAModel:
     if source.gradient_checkpointing:
         model.set_llm_gradient_checkpointing(True)
     if source.compile != "off":
-        from vesselctl.model.acceleration import compile_blocks
+        from vesselctl.model.acceleration import COMPILE_SETTING_PARTS, compile_blocks
 
         # Compiles lazily at the first call; a failure there falls back to eager (see
         # acceleration.run_with_compile_fallback).
-        parts = ("llm",) if source.compile == "llm" else ("llm", "vision", "sam2")
+        parts = COMPILE_SETTING_PARTS[source.compile]
         mode = getattr(source, "compile_mode", "default")  # a training setting only
         compile_blocks(model, parts, mode=None if mode == "default" else mode)
     return model

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 @dataclass
@@ -47,20 +48,48 @@ def uncertain_point_coords(
     (-|logit|); the ``importance_sample_ratio`` most uncertain are kept and the rest of the
     budget is filled with fresh uniform points.
     """
-    n = logits.shape[0]
-    device = logits.device
+    candidates, extra, num_uncertain = _draw_points(
+        logits.shape[0],
+        logits.device,
+        num_points,
+        oversample_ratio,
+        importance_sample_ratio,
+        generator,
+    )
+    return _most_uncertain(logits, candidates, extra, num_uncertain)
+
+
+def _draw_points(
+    n: int,
+    device: torch.device,
+    num_points: int,
+    oversample_ratio: float,
+    importance_sample_ratio: float,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """The uniform candidates and the uniform top-up points, drawn in that order (the random
+    part of the point choice, kept outside any compiled region so that compiled and eager runs
+    draw the same points)."""
     num_sampled = int(num_points * oversample_ratio)
-    candidates = torch.rand(n, num_sampled, 2, device=device, generator=generator)
-    candidate_logits = point_sample(logits.float(), candidates)  # [N, 1, num_sampled]
-    uncertainty = -candidate_logits.abs()[:, 0, :]
     num_uncertain = int(importance_sample_ratio * num_points)
+    candidates = torch.rand(n, num_sampled, 2, device=device, generator=generator)
     num_random = num_points - num_uncertain
-    top = torch.topk(uncertainty, k=num_uncertain, dim=1).indices  # [N, num_uncertain]
-    chosen = torch.gather(candidates, 1, top.unsqueeze(-1).expand(-1, -1, 2))
+    extra = None
     if num_random > 0:
         extra = torch.rand(n, num_random, 2, device=device, generator=generator)
-        chosen = torch.cat([chosen, extra], dim=1)
-    return chosen
+    return candidates, extra, num_uncertain
+
+
+def _most_uncertain(
+    logits: torch.Tensor, candidates: torch.Tensor, extra: torch.Tensor | None, num_uncertain: int
+) -> torch.Tensor:
+    """The ``num_uncertain`` candidates with the smallest |logit|, then the ``extra`` points."""
+    with torch.no_grad():
+        candidate_logits = point_sample(logits.detach().float(), candidates)  # [N, 1, S]
+        uncertainty = -candidate_logits.abs()[:, 0, :]
+        top = torch.topk(uncertainty, k=num_uncertain, dim=1).indices  # [N, num_uncertain]
+        chosen = torch.gather(candidates, 1, top.unsqueeze(-1).expand(-1, -1, 2))
+        return chosen if extra is None else torch.cat([chosen, extra], dim=1)
 
 
 def resize_masks_nearest(masks: torch.Tensor, size: int) -> torch.Tensor:
@@ -91,24 +120,51 @@ def mask_losses(
     oversample_ratio: float,
     importance_sample_ratio: float,
     generator: torch.Generator | None = None,
+    point_losses: nn.Module | None = None,
 ) -> MaskLossParts:
     """Point-sampled BCE (mean over masks x points) and Dice (mean over masks), weighted.
 
     ``mask_logits`` [N, h, w] are SAM2's low-resolution logits; ``gt_masks`` [N, H, W] are
     resized (nearest) to h x w first, then both are sampled at the same points. Computed in
-    float32 whatever the model dtype.
+    float32 whatever the model dtype. ``point_losses``: the ``PointSampledLosses`` module that
+    does the deterministic part (the model's, which may be a compiled region); a fresh one when
+    None.
     """
     logits = mask_logits.float()[:, None]  # [N, 1, h, w]
     targets = resize_masks_nearest(gt_masks, logits.shape[-1])[:, None].to(logits.device)
-    with torch.no_grad():
-        coords = uncertain_point_coords(
-            logits.detach(), num_points, oversample_ratio, importance_sample_ratio, generator
-        )
-        point_targets = point_sample(targets, coords)[:, 0]  # [N, P]
-    point_logits = point_sample(logits, coords)[:, 0]  # [N, P]
-    bce = F.binary_cross_entropy_with_logits(point_logits, point_targets, reduction="mean")
-    dice = dice_loss(point_logits, point_targets)
+    candidates, extra, num_uncertain = _draw_points(
+        logits.shape[0],
+        logits.device,
+        num_points,
+        oversample_ratio,
+        importance_sample_ratio,
+        generator,
+    )
+    losses = point_losses if point_losses is not None else PointSampledLosses()
+    bce, dice = losses(logits, targets, candidates, extra, num_uncertain)
     return MaskLossParts(loss_mask=bce * bce_weight, loss_dice=dice * dice_weight)
+
+
+class PointSampledLosses(nn.Module):
+    """BCE and Dice at the most uncertain candidate points plus the extra points: everything
+    of the mask losses but the random draws. A module (no parameters) so that it can be a
+    compiled region of the model; eagerly, its small kernels (forward and backward) are
+    launched one by one every step."""
+
+    def forward(
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        candidates: torch.Tensor,
+        extra: torch.Tensor | None,
+        num_uncertain: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        coords = _most_uncertain(logits, candidates, extra, num_uncertain)
+        with torch.no_grad():
+            point_targets = point_sample(targets, coords)[:, 0]  # [N, P]
+        point_logits = point_sample(logits, coords)[:, 0]  # [N, P]
+        bce = F.binary_cross_entropy_with_logits(point_logits, point_targets, reduction="mean")
+        return bce, dice_loss(point_logits, point_targets)
 
 
 def llm_cross_entropy(

@@ -553,6 +553,9 @@ class Sa2VAProcessor:
             seg_positions=seg.nonzero(),
             seg_counts=seg.sum(dim=1).tolist(),
             supervised_positions=supervised,
+            image_positions=(input_ids == self.image_token_id).nonzero()
+            if self.options.family == "internvl"
+            else None,
         )
 
     def _deferred_normalisation(self) -> dict[str, tuple] | None:

@@ -30,7 +30,7 @@ from transformers import PreTrainedModel, Sam2Model
 from vesselctl.errors import ModelError
 from vesselctl.model.batch import Sa2VABatch, Sa2VAOutput
 from vesselctl.model.config import Sa2VAConfig
-from vesselctl.model.losses import llm_cross_entropy, mask_losses
+from vesselctl.model.losses import PointSampledLosses, llm_cross_entropy, mask_losses
 from vesselctl.model.tiling import Sam2Frame, masks_to_sam2_frame
 
 
@@ -107,6 +107,9 @@ class Sa2VAModel(PreTrainedModel):
             nn.Linear(hidden, config.text_projection_dim),
             nn.Dropout(0.0),
         )
+        # No parameters: the deterministic part of the mask losses, a module so that
+        # model.compile can make it a compiled region.
+        self.point_losses = PointSampledLosses()
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -202,12 +205,57 @@ class Sa2VAModel(PreTrainedModel):
             kwargs["pixel_values"] = kwargs["pixel_values"].to(dtype)
         from vesselctl.model.acceleration import run_with_compile_fallback
 
+        if self.config.family == "internvl" and batch.image_positions is not None:
+
+            def forward() -> torch.Tensor:
+                return self._internvl_hidden_states(batch, kwargs["pixel_values"])
+        else:
+
+            def forward() -> torch.Tensor:
+                return self.mllm.model(**kwargs).last_hidden_state
+
         cache = self.__dict__.get("encoder_cache")
         if cache is not None and batch.vision_keys is not None:
             with self._cached_vision_tower(cache, batch.vision_keys):
-                outputs = run_with_compile_fallback(self, lambda: self.mllm.model(**kwargs))
-        else:
-            outputs = run_with_compile_fallback(self, lambda: self.mllm.model(**kwargs))
+                return run_with_compile_fallback(self, forward)
+        return run_with_compile_fallback(self, forward)
+
+    def _internvl_hidden_states(
+        self, batch: Sa2VABatch, pixel_values: torch.Tensor
+    ) -> torch.Tensor:
+        """InternVL's forward (embeddings, image features at the image tokens, the LLM) with
+        the features put at ``batch.image_positions``, found by the processor on the CPU.
+
+        Written here instead of calling ``InternVLModel.forward`` because its masked_scatter
+        (forward and backward) and its token-count check each make the CPU wait for the GPU
+        mid-step; after such a wait the GPU idles while the CPU launches what follows (the
+        optimiser step, ~5-10 ms per 4B step). Same values: the image features fill the image
+        tokens in row-major order, as masked_scatter does (tested against it).
+        """
+        model = self.mllm.model
+        mllm_config = self.config.mllm_config
+        embeds = model.get_input_embeddings()(batch.input_ids)
+        features = model.get_image_features(
+            pixel_values=pixel_values,
+            vision_feature_layer=getattr(mllm_config, "vision_feature_layer", -1),
+            vision_feature_select_strategy=getattr(
+                mllm_config, "vision_feature_select_strategy", "default"
+            ),
+        )
+        if not isinstance(features, torch.Tensor):  # transformers >= 5.2x returns an output
+            features = features.pooler_output
+        features = features.reshape(-1, embeds.shape[-1]).to(embeds.dtype)
+        positions = batch.image_positions.to(embeds.device, non_blocking=True)
+        if positions.shape[0] != features.shape[0]:
+            raise ModelError(
+                f"batch has {positions.shape[0]} image tokens but the vision tower gave "
+                f"{features.shape[0]} image features; the processor's max_tiles / image size "
+                "must match the model's (rebuild the batch with the model's processor)"
+            )
+        embeds = embeds.index_put((positions[:, 0], positions[:, 1]), features)
+        outputs = model.language_model(
+            inputs_embeds=embeds, attention_mask=batch.attention_mask, use_cache=False
+        )
         return outputs.last_hidden_state
 
     @contextlib.contextmanager
@@ -318,13 +366,19 @@ class Sa2VAModel(PreTrainedModel):
         sparse = torch.cat([sparse, prompt_embeddings.to(sparse.dtype)[:, None, None, :]], dim=2)
         positional = self.sam2.get_image_wide_positional_embeddings().to(dtype)
         positional = positional.expand(n, -1, -1, -1)
-        masks, iou, _, _ = self.sam2.mask_decoder(
-            image_embeddings=low_res,
-            image_positional_embeddings=positional,
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense.to(dtype),
-            multimask_output=True,
-            high_resolution_features=high_res,
+        from vesselctl.model.acceleration import run_with_compile_fallback
+
+        # Through the compile fallback: the decoder's transformer may be a compiled region.
+        masks, iou, _, _ = run_with_compile_fallback(
+            self,
+            lambda: self.sam2.mask_decoder(
+                image_embeddings=low_res,
+                image_positional_embeddings=positional,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense.to(dtype),
+                multimask_output=True,
+                high_resolution_features=high_res,
+            ),
         )
         masks = masks[:, 0]  # [N, 3, h, w]
         iou = iou[:, 0]  # [N, 3]
@@ -410,6 +464,7 @@ class Sa2VAModel(PreTrainedModel):
                 num_points=cfg.num_points,
                 oversample_ratio=cfg.oversample_ratio,
                 importance_sample_ratio=cfg.importance_sample_ratio,
+                point_losses=self.point_losses,
             )
             loss_mask, loss_dice = parts.loss_mask, parts.loss_dice
         elif wants_loss and n_seg == 0:

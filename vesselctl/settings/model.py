@@ -61,8 +61,9 @@ class ModelSourceSettings(Section):
     )
     compile: Literal["off", "llm", "all"] = Field(
         "off",
-        description="torch.compile the repeated blocks: llm (LLM decoder layers), all (also the "
-        "vision tower and SAM2 image encoder); falls back to eager if compilation fails.",
+        description="torch.compile regions of the model: llm (what trains: the LLM decoder "
+        "layers and SAM2's mask decoder), all (also the vision tower and SAM2 image encoder); "
+        "falls back to eager if compilation fails.",
     )
 
     @model_validator(mode="after")
