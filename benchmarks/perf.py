@@ -318,19 +318,29 @@ def run_config(
         engine.cuda_graphs = cuda and args.compile_mode == "reduce-overhead"
 
     first_losses: list[list[float]] = []
+    pending: list[Any] = []
 
-    def check(output: Any) -> None:
+    def record(output: Any) -> None:
+        parts = (output.loss_mask, output.loss_dice, output.llm_loss)
+        pending.append(torch.stack([p.detach().float() for p in parts]))
+        if args.loss_check_at == "forward":  # before backward, as DeepSpeed runs need
+            verify()
+
+    def verify() -> None:
+        # One copy of the loss parts to the CPU per step before the update, where the train
+        # loop's loss check makes it (it waits for the GPU); the first values are the loss check.
+        values = torch.stack(pending).cpu().tolist()
+        pending.clear()
         if not first_losses:
-            parts = (output.loss_mask, output.loss_dice, output.llm_loss)
-            first_losses.append([float(p.detach()) for p in parts])
+            first_losses.append(values[0])
 
     def forward_backward(batch: Any) -> None:
         torch.manual_seed(1234)  # same point sampling (and dropout) on the loss-check step
-        engine.micro_step(batch, True, check)
+        engine.micro_step(batch, True, record)
 
     def step(batch: Any) -> None:
         forward_backward(batch)
-        engine.optimizer_step()
+        engine.optimizer_step(verify)
 
     compile_s = None
     if spec["compile"]:
@@ -669,6 +679,13 @@ def main(argv: list[str] | None = None) -> int:
         "--no-image-positions",
         action="store_true",
         help="drop the processor's image-token positions (transformers' masked_scatter path)",
+    )
+    parser.add_argument(
+        "--loss-check-at",
+        choices=["update", "forward"],
+        default="update",
+        help="where the per-step copy of the losses to the CPU waits for the GPU: before the "
+        "update (the train loop on one process or DDP) or after forward (DeepSpeed runs)",
     )
     parser.add_argument("--ckpt-memory-fraction", type=float, default=0.9)
     parser.add_argument("--no-flops", dest="count_flops", action="store_false")

@@ -24,7 +24,10 @@ from vesselctl.model.batch import Sa2VABatch, Sa2VAOutput
 from vesselctl.model.checkpoints import DEEPSPEED_SUBDIR
 from vesselctl.settings.train import TrainSettings
 
-LossCheck = Callable[[Sa2VAOutput], None]
+#: Records a micro-batch's loss parts after its forward (no GPU wait).
+LossRecord = Callable[[Sa2VAOutput], None]
+#: Checks what was recorded (waits for the GPU) and raises before a non-finite update.
+LossVerify = Callable[[], None]
 
 TORCH_STATE_NAME = "training_state.pt"
 DEEPSPEED_TAG = DEEPSPEED_SUBDIR  # the tag names the subfolder convert reads (model/checkpoints)
@@ -119,8 +122,18 @@ class TorchEngine:
             self.wrapped = model
         self._params = [p for _, p in trainable_parameters(model)]
 
-    def micro_step(self, batch: Sa2VABatch, last_micro: bool, check: LossCheck) -> Sa2VAOutput:
-        """Forward and backward one micro-batch; ``check`` may raise before backward runs."""
+    def micro_step(
+        self,
+        batch: Sa2VABatch,
+        last_micro: bool,
+        record: LossRecord,
+        verify: LossVerify | None = None,
+    ) -> Sa2VAOutput:
+        """Forward and backward one micro-batch; ``record`` sees the output after forward.
+
+        ``verify`` is not called here but in ``optimizer_step``: it waits for the GPU, and
+        waiting before backward left the GPU idle while backward was launched.
+        """
         if self.cuda_graphs:
             # A new iteration: CUDA-graph outputs of the previous one may now be overwritten.
             torch.compiler.cudagraph_mark_step_begin()
@@ -134,18 +147,26 @@ class TorchEngine:
                 output = self.wrapped(batch)
             if self.ddp:
                 output = self.wrapped.module.last_output
-            check(output)
+            record(output)
             (output.loss / self.accumulation).backward()
         return output
 
-    def optimizer_step(self) -> float:
-        """Clip, step the optimiser and scheduler, zero gradients; return the pre-clip norm."""
+    def optimizer_step(self, verify: LossVerify | None = None) -> float:
+        """Clip, ``verify`` the recorded losses (may raise: no update), step the optimiser and
+        scheduler, zero gradients; return the pre-clip norm.
+
+        The norm is read before the update is launched, so the update runs on the GPU while
+        the CPU goes on to the next step instead of waiting for it.
+        """
         max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self._params, max_norm)
+        if verify is not None:
+            verify()
+        norm_value = float(norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        return norm_value
 
     @property
     def lr(self) -> float:
@@ -213,15 +234,26 @@ class DeepSpeedEngine:
         self.zero_stage = int(config["zero_optimization"]["stage"])
         self.bf16 = bool(config["bf16"]["enabled"])
 
-    def micro_step(self, batch: Sa2VABatch, last_micro: bool, check: LossCheck) -> Sa2VAOutput:
+    def micro_step(
+        self,
+        batch: Sa2VABatch,
+        last_micro: bool,
+        record: LossRecord,
+        verify: LossVerify | None = None,
+    ) -> Sa2VAOutput:
+        """Forward, the loss check (DeepSpeed updates inside ``step`` at the accumulation
+        boundary, so the check must come before backward), backward, step."""
         self.engine(batch)
         output = self._wrapper.last_output
-        check(output)
+        record(output)
+        if verify is not None:
+            verify()
         self.engine.backward(output.loss)
         self.engine.step()  # steps optimiser + scheduler only at the accumulation boundary
         return output
 
-    def optimizer_step(self) -> float:
+    def optimizer_step(self, verify: LossVerify | None = None) -> float:
+        """The norm DeepSpeed's step computed (losses were verified in ``micro_step``)."""
         norm = self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")
 

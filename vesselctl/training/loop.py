@@ -347,34 +347,49 @@ class TrainingLoop:
 
     # --- training --------------------------------------------------------------------------
 
-    def _check_loss(self, sums: torch.Tensor) -> Callable[[Sa2VAOutput], None]:
-        """A check run after each forward: reduce the loss parts over ranks, and stop every rank
-        together before backward when any rank's loss is NaN/inf (nothing is updated or saved)."""
+    def _loss_check(self, sums: torch.Tensor) -> tuple[Callable[[Sa2VAOutput], None], Callable]:
+        """The loss check of one optimiser step, in two parts.
 
-        def check(output: Sa2VAOutput) -> None:
+        ``record`` runs after each micro-batch's forward and keeps its loss parts on the device
+        (no GPU wait). ``verify`` copies what was recorded to the CPU in one go (waiting for
+        the GPU), reduces it over ranks into ``sums``, and stops every rank together when any
+        rank's loss is NaN/inf. The engine calls ``verify`` before the update (one process or
+        DDP: after backward and clipping, so the wait overlaps no launch but the optimiser's;
+        DeepSpeed, which updates inside its step: before backward), so nothing non-finite is
+        ever applied or saved.
+        """
+        pending: list[torch.Tensor] = []
+
+        def record(output: Sa2VAOutput) -> None:
             if output.loss is None:
                 raise TrainingError(
                     "the model returned no loss: the batch has no labels or masks; check the "
                     "training split's masks"
                 )
-            # One device-to-host copy for all parts (a float() per part would wait on the GPU
-            # once each).
             zero = output.loss.detach().new_zeros((), dtype=torch.float32)
             parts = [getattr(output, name) for name in LOSS_PARTS]
-            on_device = torch.stack([zero if p is None else p.detach().float() for p in parts])
-            values = torch.cat([on_device.cpu().double(), torch.zeros(1, dtype=torch.float64)])
-            values[-1] = 0.0 if math.isfinite(float(values[0])) else 1.0
-            values = _all_reduce_sum(values, self.dist, self.cfg.device)
-            if values[-1] > 0:
-                raise TrainingError(
-                    f"step {self.state.global_step + 1}: the loss is not finite "
-                    f"({float(output.loss.detach())} on rank {self.dist.rank}); stopped before "
-                    "the update, nothing was saved. Lower optim.lr, check the data, or resume "
-                    "from the last checkpoint"
-                )
-            sums.add_(values[:-1] / self.dist.world_size)
+            pending.append(torch.stack([zero if p is None else p.detach().float() for p in parts]))
 
-        return check
+        def verify() -> None:
+            if not pending:
+                return
+            values = torch.stack(pending).cpu().double()  # [micro-batches, parts]
+            pending.clear()
+            losses = values[:, 0]
+            finite = bool(torch.isfinite(losses).all())
+            reduced = torch.cat([values.sum(dim=0), torch.tensor([0.0 if finite else 1.0])])
+            reduced = _all_reduce_sum(reduced.double(), self.dist, self.cfg.device)
+            if reduced[-1] > 0:
+                bad = next((float(v) for v in losses if not math.isfinite(float(v))), None)
+                where = f"{bad} on rank {self.dist.rank}" if bad is not None else "on another rank"
+                raise TrainingError(
+                    f"step {self.state.global_step + 1}: the loss is not finite ({where}); "
+                    "stopped before the update, nothing was saved. Lower optim.lr, check the "
+                    "data, or resume from the last checkpoint"
+                )
+            sums.add_(reduced[:-1] / self.dist.world_size)
+
+        return record, verify
 
     def run(self, batches: Iterator[Sa2VABatch], start_time: float) -> LoopResult:
         cfg = self.cfg
@@ -388,14 +403,14 @@ class TrainingLoop:
                 step_start = time.perf_counter()
                 data_time = 0.0
                 sums = torch.zeros(len(LOSS_PARTS), dtype=torch.float64)
-                check = self._check_loss(sums)
+                record, verify = self._loss_check(sums)
                 try:
                     for micro in range(cfg.accumulation):
                         fetch_start = time.perf_counter()
                         batch = next(batches).to(cfg.device, cfg.batch_dtype)
                         data_time += time.perf_counter() - fetch_start
-                        self.engine.micro_step(batch, micro == cfg.accumulation - 1, check)
-                    grad_norm = self.engine.optimizer_step()
+                        self.engine.micro_step(batch, micro == cfg.accumulation - 1, record, verify)
+                    grad_norm = self.engine.optimizer_step(verify)
                 except torch.OutOfMemoryError as exc:
                     raise TrainingError(
                         f"step {self.state.global_step + 1}: out of GPU memory "
