@@ -329,6 +329,8 @@ def run_config(
     def verify() -> None:
         # One copy of the loss parts to the CPU per step before the update, where the train
         # loop's loss check makes it (it waits for the GPU); the first values are the loss check.
+        if not pending:  # already verified after forward
+            return
         values = torch.stack(pending).cpu().tolist()
         pending.clear()
         if not first_losses:
