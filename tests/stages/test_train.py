@@ -88,8 +88,10 @@ def test_training_lowers_loss_and_raises_val_dice(dataset: Path, tmp_path: Path)
     assert any("text_hidden_fcs" in k for k in weights)
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
     assert saved["best_val_dice"] == pytest.approx(result.best_val_dice)
+    assert saved["data_workers"] == 0  # data.num_workers=0 above
     assert (tmp_path / "run" / "settings.yaml").is_file()
-    assert "start: strategy single" in (tmp_path / "run" / "train.log").read_text()
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "start: strategy single" in log and "0 data worker(s) per process" in log
 
 
 def test_existing_checkpoints_need_resume(dataset: Path, tmp_path: Path) -> None:

@@ -58,8 +58,12 @@ class DataSettings(Section):
     )
     train_split: str = Field("train", description="Split of the manifest to train on.")
     val_split: str = Field("val", description="Split of the manifest to validate on.")
-    num_workers: int = Field(
-        2, ge=0, description="DataLoader worker processes per GPU (0 loads in the main process)."
+    num_workers: int | None = Field(
+        None,
+        ge=0,
+        description="DataLoader worker processes per training process (0 loads in the main "
+        "process; default: none on the CPU, on a GPU the machine's CPUs shared among its GPU "
+        "processes, up to 8 each; the fastest configurations need 4-5 on an H200).",
     )
     augment: AugmentSettings = Field(default_factory=AugmentSettings)
 

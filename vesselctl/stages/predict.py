@@ -362,15 +362,13 @@ class ImageViewsDataset:
 
 
 def resolve_workers(settings: PredictSettings, device: Any, world: int) -> int:
-    """Loader workers: the setting, else none on the CPU (the model needs the cores) and up to
-    8 per GPU process on a GPU machine."""
+    """Loader workers: the setting, else ``default_loader_workers`` (none on the CPU, up to 8
+    per GPU process)."""
     if settings.inference.workers is not None:
         return settings.inference.workers
-    if getattr(device, "type", str(device)) != "cuda":
-        return 0
-    import os
+    from vesselctl.data.loading import default_loader_workers
 
-    return max(1, min(8, (os.cpu_count() or 2) // max(world, 1) - 1))
+    return default_loader_workers(getattr(device, "type", str(device)) == "cuda", world)
 
 
 def loaded_groups(

@@ -58,6 +58,7 @@ class TrainResult:
     trainable: dict[str, Any] = field(default_factory=dict)
     gradient_checkpointing: dict[str, Any] = field(default_factory=dict)
     encoder_cache: dict[str, Any] | None = None
+    data_workers: int = 0
     train_time_s: float = 0.0
     launch_id: str | None = None
 
@@ -177,15 +178,20 @@ def run(settings: TrainSettings) -> TrainResult:
         start_step,
     )
     total_steps = optim.max_steps or max(1, math.ceil(optim.epochs * sampler.steps_per_epoch))
+    workers = settings.data.num_workers
+    if workers is None:
+        from vesselctl.data.loading import default_loader_workers
+
+        workers = default_loader_workers(cuda, dist.world_size)
     loader = torch.utils.data.DataLoader(
         KeyedDataset(train_set),
         batch_sampler=sampler,
-        num_workers=settings.data.num_workers,
+        num_workers=workers,
         collate_fn=SeededCollate(
             processor, settings.seed, train=True, encoder_keys=encoder_cache is not None
         ),
         pin_memory=cuda,
-        persistent_workers=settings.data.num_workers > 0,
+        persistent_workers=workers > 0,
         # Its own generator: creating an iterator must not draw from the global torch RNG, or a
         # resumed run's dropout would differ from an uninterrupted one.
         generator=torch.Generator().manual_seed(settings.seed),
@@ -271,6 +277,7 @@ def run(settings: TrainSettings) -> TrainResult:
         log.event(
             f"start: strategy {strategy}, {dist.world_size} process(es), effective batch "
             f"{effective_batch}, {total_steps} steps, precision {'bf16' if bf16 else 'fp32'}, "
+            f"{workers} data worker(s) per process, "
             f"trainable {report.trainable:,} of {report.total:,} parameters {report.groups}"
         )
         outcome = loop.run(iter(loader), started)
@@ -304,6 +311,7 @@ def run(settings: TrainSettings) -> TrainResult:
         trainable=report.as_dict(),
         gradient_checkpointing=checkpointing,
         encoder_cache=asdict(encoder_cache.stats) if encoder_cache is not None else None,
+        data_workers=workers,
         train_time_s=outcome.train_time_s,
         launch_id=os.environ.get(LAUNCH_ID_ENV),
     )
