@@ -113,6 +113,16 @@ def test_cuda_graphs_need_compile_and_no_checkpointing(overrides: list[str], mes
     assert ok.model.compile_mode == "reduce-overhead"
 
 
+def test_compile_off_written_bare_in_yaml_is_off(tmp_path: Path) -> None:
+    """YAML reads a bare ``off`` as False; both spellings mean compile off."""
+    assert load_settings(TrainSettings, None, ["model.compile=off"]).model.compile == "off"
+    config = tmp_path / "train.yaml"
+    config.write_text("model:\n  compile: off\n")
+    assert load_settings(TrainSettings, config, []).model.compile == "off"
+    with pytest.raises(ConfigError, match="model.compile"):
+        load_settings(TrainSettings, None, ["model.compile=true"])
+
+
 def test_offload_needs_deepspeed_strategy() -> None:
     with pytest.raises(ConfigError, match="offload"):
         load_settings(TrainSettings, None, ["distributed.offload=true", "distributed.strategy=ddp"])

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from vesselctl.model.presets import PRESETS
 from vesselctl.settings.base import Section
@@ -65,6 +65,13 @@ class ModelSourceSettings(Section):
         "layers and SAM2's mask decoder), all (also the vision tower and SAM2 image encoder); "
         "falls back to eager if compilation fails.",
     )
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _off_is_not_false(cls, value: object) -> object:
+        """YAML reads a bare ``off`` (in a config file or ``--set model.compile=off``) as
+        False: take it as the "off" it was written as."""
+        return "off" if value is False else value
 
     @model_validator(mode="after")
     def _check_paths_for_kind(self) -> ModelSourceSettings:
