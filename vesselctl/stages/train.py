@@ -183,12 +183,17 @@ def run(settings: TrainSettings) -> TrainResult:
         from vesselctl.data.loading import default_loader_workers
 
         workers = default_loader_workers(cuda, dist.world_size)
+    # On a GPU the workers hand over uint8 pixels and the batch is normalised there (in
+    # Sa2VABatch.to): a quarter of the bytes to copy between processes and to hash for the
+    # encoder cache, and 2-3x the samples per worker (BENCHMARKS.md, issue 10). The saved
+    # processor keeps its own option.
+    loader_processor = processor.replace_options(normalise_on_device=True) if cuda else processor
     loader = torch.utils.data.DataLoader(
         KeyedDataset(train_set),
         batch_sampler=sampler,
         num_workers=workers,
         collate_fn=SeededCollate(
-            processor, settings.seed, train=True, encoder_keys=encoder_cache is not None
+            loader_processor, settings.seed, train=True, encoder_keys=encoder_cache is not None
         ),
         pin_memory=cuda,
         persistent_workers=workers > 0,
