@@ -32,8 +32,8 @@ def default_loader_workers(on_gpu: bool, world_size: int) -> int:
     the cores), else the machine's CPUs shared among its GPU processes, one left for each
     process itself, between 1 and ``MAX_WORKERS_PER_GPU``.
 
-    Measured need (BENCHMARKS.md, issue 10): one worker prepares 26-45 training samples/s on
-    the H200 machine, and the fastest Sa2VA-1B configuration consumes 167 samples/s.
+    Measured need (BENCHMARKS.md, issue 10): one worker prepared 24.2 training samples/s on the
+    H200 machine's CPU, and the fastest Sa2VA-1B configuration takes 166.5 samples/s.
     """
     if not on_gpu:
         return 0
