@@ -3,6 +3,7 @@ SIGTERM save, checkpoint pruning and resume bookkeeping."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -174,8 +175,13 @@ def _ddp_rank(rank: int, run_dir: Path, port: int) -> None:
     """One of two gloo DDP processes; rank 1's loss turns NaN at its last micro-batch of step 4
     (the one whose backward reduces gradients over ranks). Writes what it saw to a JSON file."""
     torch.set_num_threads(1)
+    # A short timeout: a rank that went on alone must fail the test, not hang it.
     torch_dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=2,
+        timeout=datetime.timedelta(seconds=60),
     )
     try:
         dist = DistEnv(rank=rank, local_rank=rank, world_size=2, master_port=port)
