@@ -733,6 +733,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    if args.trace_dir is not None:  # a missing folder would fail each profiled configuration
+        args.trace_dir.mkdir(parents=True, exist_ok=True)
 
     import torch
 

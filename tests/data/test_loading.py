@@ -10,7 +10,13 @@ from vesselctl.data import loading
 
 @pytest.fixture
 def cpus(monkeypatch):
-    for name in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"):
+    for name in (
+        "LOCAL_WORLD_SIZE",
+        "SLURM_NTASKS_PER_NODE",
+        "SLURM_CPUS_PER_TASK",
+        "SLURM_NTASKS",
+        "SLURM_PROCID",
+    ):
         monkeypatch.delenv(name, raising=False)
 
     def set_cpus(count: int) -> None:
@@ -42,6 +48,27 @@ def test_local_process_count_comes_from_the_launcher(cpus, monkeypatch) -> None:
     assert loading.processes_on_this_machine(8) == 2
     monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "")
     assert loading.processes_on_this_machine(8) == 8
+
+
+def test_srun_tasks_bound_to_their_cpus_are_not_divided_again(cpus, monkeypatch) -> None:
+    """srun --ntasks-per-node 4 --cpus-per-task 8: each task's affinity mask is its own 8 CPUs
+    (already its share), so it keeps 7 workers instead of 8 // 4 - 1 = 1."""
+    cpus(8)
+    for name, value in {
+        "SLURM_PROCID": "2",
+        "SLURM_NTASKS": "8",
+        "SLURM_NTASKS_PER_NODE": "4",
+        "SLURM_CPUS_PER_TASK": "8",
+    }.items():
+        monkeypatch.setenv(name, value)
+    assert loading.default_loader_workers(True, 8) == 7
+    cpus(32)  # not bound: the task may run anywhere on the node, its share is still 8
+    assert loading.default_loader_workers(True, 8) == 7
+    # torchrun inside the allocation (one srun task starting 4 processes): they share its CPUs.
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "32")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert loading.default_loader_workers(True, 4) == 7  # 32 // 4 - 1
 
 
 def test_usable_cpus_is_positive() -> None:

@@ -178,6 +178,8 @@ def test_two_process_cpu_run_through_launcher(dataset: Path, tmp_path: Path) -> 
             "optim.micro_batch=1",
             "--set",
             "validation.every_steps=3",
+            "--set",
+            "data.num_workers=null",  # the default, through the launcher's settings file
         ),
         env=_env(),
         capture_output=True,
@@ -189,6 +191,7 @@ def test_two_process_cpu_run_through_launcher(dataset: Path, tmp_path: Path) -> 
     assert result["world_size"] == 2 and result["strategy"] == "ddp"
     assert result["effective_batch"] == 2 and result["steps"] == 3
     assert result["best_val_dice"] is not None
+    assert result["data_workers"] == 0  # the default resolves to none on the CPU
     assert (tmp_path / "ddp" / "launch_settings_node0.yaml").is_file()
 
 

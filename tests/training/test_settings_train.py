@@ -119,7 +119,7 @@ def test_compile_off_written_bare_in_yaml_is_off(tmp_path: Path) -> None:
     config = tmp_path / "train.yaml"
     config.write_text("model:\n  compile: off\n")
     assert load_settings(TrainSettings, config, []).model.compile == "off"
-    with pytest.raises(ConfigError, match="model.compile"):
+    with pytest.raises(ConfigError, match=r"model\.compile"):
         load_settings(TrainSettings, None, ["model.compile=true"])
 
 

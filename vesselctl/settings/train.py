@@ -63,7 +63,7 @@ class DataSettings(Section):
         ge=0,
         description="DataLoader worker processes per training process (0 loads in the main "
         "process; default: none on the CPU, on a GPU the machine's CPUs shared among its GPU "
-        "processes, up to 8 each; the fastest configurations need 4-5 on an H200).",
+        "processes, up to 8 each).",
     )
     augment: AugmentSettings = Field(default_factory=AugmentSettings)
 
