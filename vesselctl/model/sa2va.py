@@ -455,6 +455,13 @@ class Sa2VAModel(PreTrainedModel):
         loss_mask = loss_dice = llm_loss = None
         wants_loss = batch.gt_masks is not None or batch.labels is not None
         if batch.gt_masks is not None and n_seg > 0:
+            from vesselctl.model.acceleration import run_with_compile_fallback
+
+            def point_losses(*args: Any) -> tuple[torch.Tensor, torch.Tensor]:
+                # A compiled region like the others: its compile failure goes eager here. The
+                # random points are drawn before, once, so a retry uses the same points.
+                return run_with_compile_fallback(self, lambda: self.point_losses(*args))
+
             targets = self._aligned_targets(batch.gt_masks, self.sam2_frames(batch), logits)
             parts = mask_losses(
                 logits,
@@ -464,7 +471,7 @@ class Sa2VAModel(PreTrainedModel):
                 num_points=cfg.num_points,
                 oversample_ratio=cfg.oversample_ratio,
                 importance_sample_ratio=cfg.importance_sample_ratio,
-                point_losses=self.point_losses,
+                point_losses=point_losses,
             )
             loss_mask, loss_dice = parts.loss_mask, parts.loss_dice
         elif wants_loss and n_seg == 0:
