@@ -229,8 +229,9 @@ class Sa2VAModel(PreTrainedModel):
         Written here instead of calling ``InternVLModel.forward`` because its masked_scatter
         (forward and backward) and its token-count check each make the CPU wait for the GPU
         mid-step; after such a wait the GPU idles while the CPU launches what follows (the
-        optimiser step, ~5-10 ms per 4B step). Same values: the image features fill the image
-        tokens in row-major order, as masked_scatter does (tested against it).
+        clip and optimiser launches; 106.8 -> 104.2 ms per 4B step in BENCHMARKS.md, issue 10).
+        Same values: the image features fill the image tokens in row-major order, as
+        masked_scatter does (tested against it).
         """
         model = self.mllm.model
         mllm_config = self.config.mllm_config
