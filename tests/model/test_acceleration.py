@@ -168,6 +168,31 @@ def test_a_failing_compile_falls_back_to_eager_with_a_warning(tiny):
         torch._dynamo.reset()
 
 
+@pytest.mark.parametrize("part", ["mask_decoder", "mask_losses"])
+def test_each_compiled_region_falls_back_in_the_forward_without_a_probe(tiny, part):
+    """Without the probe step (DeepSpeed, gradient_checkpointing set), the forward itself must
+    fall back when a region's compile fails, whichever region fails first; the losses are the
+    eager ones (the mask losses' random points are drawn once, outside the retried part)."""
+    model, processor = tiny
+    model.requires_grad_(True)
+    batch = processor(_samples(2), train=True)
+    plain = _loss_and_grads(model, batch)
+
+    def broken_backend(graph_module, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    torch._dynamo.reset()
+    compile_blocks(model, (part,), backend=broken_backend)
+    try:
+        with pytest.warns(RuntimeWarning, match="running them eagerly"):
+            fell_back = _loss_and_grads(model, batch)
+        assert not any_block_compiled(model)
+        _assert_same(plain, fell_back, atol=0)
+    finally:
+        uncompile_blocks(model)
+        torch._dynamo.reset()
+
+
 def test_model_errors_are_not_mistaken_for_compile_failures():
     assert not is_compile_failure(ValueError("shape mismatch"))
 

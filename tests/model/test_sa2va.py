@@ -427,16 +427,22 @@ def test_positions_found_by_the_processor_give_the_same_forward(tokenizer):
         assert torch.equal(a, b)
 
 
-def test_image_features_at_cpu_found_positions_match_transformers_forward(tokenizer):
+@pytest.mark.parametrize("vision_feature_layer", [-1, -2])
+def test_image_features_at_cpu_found_positions_match_transformers_forward(
+    tokenizer, vision_feature_layer
+):
     """InternVL batches carry their image-token positions; the model puts the image features
     there (no masked_scatter, no GPU wait) and gets exactly transformers' hidden states and
-    gradients, for samples with different tile counts in one batch."""
+    gradients, for samples with different tile counts in one batch, with the vision feature
+    layer the MLLM config names."""
     import dataclasses
 
     from vesselctl.model.processor import Sa2VAProcessor
 
     torch.manual_seed(0)
-    model = Sa2VAModel(preset_config("tiny", tokenizer)).train()
+    config = preset_config("tiny", tokenizer)
+    config.mllm_config.vision_feature_layer = vision_feature_layer
+    model = Sa2VAModel(config).train()
     processor = Sa2VAProcessor.from_config(model.config, tokenizer, max_tiles=4)
     rng = np.random.default_rng(1)
     samples = [

@@ -107,8 +107,8 @@ def compile_blocks(
 def compile_trained_path(
     model: nn.Module, mode: str | None = None, backend: str | Callable = "inductor"
 ) -> int:
-    """``compile_blocks`` on what trains (``model.compile: llm``): the LLM decoder layers and
-    SAM2's mask decoder."""
+    """``compile_blocks`` on what trains (``model.compile: llm``): the LLM decoder layers,
+    SAM2's mask decoder (transformer and hypernetwork MLPs) and the mask losses."""
     return compile_blocks(model, COMPILE_SETTING_PARTS["llm"], mode=mode, backend=backend)
 
 

@@ -9,6 +9,7 @@ detectron2/mmdet, where the reference implementations live, are not dependencies
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -120,15 +121,15 @@ def mask_losses(
     oversample_ratio: float,
     importance_sample_ratio: float,
     generator: torch.Generator | None = None,
-    point_losses: nn.Module | None = None,
+    point_losses: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> MaskLossParts:
     """Point-sampled BCE (mean over masks x points) and Dice (mean over masks), weighted.
 
     ``mask_logits`` [N, h, w] are SAM2's low-resolution logits; ``gt_masks`` [N, H, W] are
     resized (nearest) to h x w first, then both are sampled at the same points. Computed in
-    float32 whatever the model dtype. ``point_losses``: the ``PointSampledLosses`` module that
-    does the deterministic part (the model's, which may be a compiled region); a fresh one when
-    None.
+    float32 whatever the model dtype. ``point_losses``: what does the deterministic part, a
+    ``PointSampledLosses`` (the model's, which may be a compiled region, run through its compile
+    fallback); a fresh one when None.
     """
     logits = mask_logits.float()[:, None]  # [N, 1, h, w]
     targets = resize_masks_nearest(gt_masks, logits.shape[-1])[:, None].to(logits.device)

@@ -229,8 +229,9 @@ class Sa2VAModel(PreTrainedModel):
         Written here instead of calling ``InternVLModel.forward`` because its masked_scatter
         (forward and backward) and its token-count check each make the CPU wait for the GPU
         mid-step; after such a wait the GPU idles while the CPU launches what follows (the
-        optimiser step, ~5-10 ms per 4B step). Same values: the image features fill the image
-        tokens in row-major order, as masked_scatter does (tested against it).
+        clip and optimiser launches; 106.8 -> 104.2 ms per 4B step in BENCHMARKS.md, issue 10).
+        Same values: the image features fill the image tokens in row-major order, as
+        masked_scatter does (tested against it).
         """
         model = self.mllm.model
         mllm_config = self.config.mllm_config
@@ -455,6 +456,13 @@ class Sa2VAModel(PreTrainedModel):
         loss_mask = loss_dice = llm_loss = None
         wants_loss = batch.gt_masks is not None or batch.labels is not None
         if batch.gt_masks is not None and n_seg > 0:
+            from vesselctl.model.acceleration import run_with_compile_fallback
+
+            def point_losses(*args: Any) -> tuple[torch.Tensor, torch.Tensor]:
+                # A compiled region like the others: its compile failure goes eager here. The
+                # random points are drawn before, once, so a retry uses the same points.
+                return run_with_compile_fallback(self, lambda: self.point_losses(*args))
+
             targets = self._aligned_targets(batch.gt_masks, self.sam2_frames(batch), logits)
             parts = mask_losses(
                 logits,
@@ -464,7 +472,7 @@ class Sa2VAModel(PreTrainedModel):
                 num_points=cfg.num_points,
                 oversample_ratio=cfg.oversample_ratio,
                 importance_sample_ratio=cfg.importance_sample_ratio,
-                point_losses=self.point_losses,
+                point_losses=point_losses,
             )
             loss_mask, loss_dice = parts.loss_mask, parts.loss_dice
         elif wants_loss and n_seg == 0:
