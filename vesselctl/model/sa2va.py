@@ -353,6 +353,15 @@ class Sa2VAModel(PreTrainedModel):
         predicted IoU [N].
         """
         n = prompt_embeddings.shape[0]
+        if n == 1 and getattr(self.sam2.mask_decoder.transformer, "_compiled_call_impl", None):
+            # A compiled decoder is specialised for one prompt when it sees one, and that
+            # specialisation gave wrong input gradients with torch 2.13's CPU inductor (3x off
+            # in SAM2's neck; two or more prompts were right). Decode a copy beside it and keep
+            # the first: the same values, and gradients through the first copy only.
+            logits, iou = self.decode_masks(
+                image_embeddings, prompt_embeddings.expand(2, -1), image_index.expand(2)
+            )
+            return logits[:1], iou[:1]
         dtype = image_embeddings[-1].dtype
         device = image_embeddings[-1].device
         low_res = image_embeddings[-1].index_select(0, image_index)
