@@ -463,18 +463,11 @@ def predict_parts(model: Any, batch: Any, steps: int, device: Any) -> dict[str, 
     forward (vision tower + LLM) and the SAM2 image encoder. What is left of the full pass is
     the mask decoder and the upsampling to the image size."""
     import torch
+    from model import _timed  # benchmarks/model.py: warm-up, then synchronised timings
 
     def timed(fn: Any) -> float:
         with torch.inference_mode():
-            fn()
-            _sync(device)
-            times = []
-            for _ in range(steps):
-                start = time.perf_counter()
-                fn()
-                _sync(device)
-                times.append(time.perf_counter() - start)
-        return statistics.median(times)
+            return statistics.median(_timed(fn, str(device), warmup=1, repeats=steps))
 
     pixels = batch.sam2_pixel_values.to(model.sam2.dtype)
     parts = {

@@ -146,17 +146,19 @@ def test_compiled_trained_path_gives_the_same_losses_and_gradients(tiny):
     _assert_same(plain, compiled)
 
 
+def _broken_backend(graph_module, example_inputs):
+    """A torch.compile backend that always fails, as a missing compiler would."""
+    raise RuntimeError("no compiler here")
+
+
 def test_a_failing_compile_falls_back_to_eager_with_a_warning(tiny):
     model, processor = tiny
     model.requires_grad_(True)
     batch = processor(_samples(2), train=True)
     plain = _loss_and_grads(model, batch)
 
-    def broken_backend(graph_module, example_inputs):
-        raise RuntimeError("no compiler here")
-
     torch._dynamo.reset()
-    compile_trained_path(model, backend=broken_backend)
+    compile_trained_path(model, backend=_broken_backend)
     try:
         with pytest.warns(RuntimeWarning, match="running them eagerly"):
             reason = probe_train_step(model, lambda: _loss_and_grads(model, batch))
@@ -178,11 +180,8 @@ def test_each_compiled_region_falls_back_in_the_forward_without_a_probe(tiny, pa
     batch = processor(_samples(2), train=True)
     plain = _loss_and_grads(model, batch)
 
-    def broken_backend(graph_module, example_inputs):
-        raise RuntimeError("no compiler here")
-
     torch._dynamo.reset()
-    compile_blocks(model, (part,), backend=broken_backend)
+    compile_blocks(model, (part,), backend=_broken_backend)
     try:
         with pytest.warns(RuntimeWarning, match="running them eagerly"):
             fell_back = _loss_and_grads(model, batch)

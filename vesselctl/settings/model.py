@@ -62,8 +62,8 @@ class ModelSourceSettings(Section):
     compile: Literal["off", "llm", "all"] = Field(
         "off",
         description="torch.compile regions of the model: llm (what trains: the LLM decoder "
-        "layers and SAM2's mask decoder), all (also the vision tower and SAM2 image encoder); "
-        "falls back to eager if compilation fails.",
+        "layers, SAM2's mask decoder and the mask losses), all (also the vision tower and SAM2 "
+        "image encoder); falls back to eager if compilation fails.",
     )
 
     @field_validator("compile", mode="before")

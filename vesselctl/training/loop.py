@@ -378,7 +378,7 @@ class TrainingLoop:
             losses = values[:, 0]
             finite = bool(torch.isfinite(losses).all())
             reduced = torch.cat([values.sum(dim=0), torch.tensor([0.0 if finite else 1.0])])
-            reduced = _all_reduce_sum(reduced.double(), self.dist, self.cfg.device)
+            reduced = _all_reduce_sum(reduced, self.dist, self.cfg.device)
             if reduced[-1] > 0:
                 bad = next((float(v) for v in losses if not math.isfinite(float(v))), None)
                 where = f"{bad} on rank {self.dist.rank}" if bad is not None else "on another rank"
